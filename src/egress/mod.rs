@@ -1,1 +1,2 @@
-//! egress
+//! Egress: SecMX discovery, the SMTP client, DSNs, local Maildir delivery and the per-core shard
+//! that owns each destination domain's queue.

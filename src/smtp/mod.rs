@@ -1,1 +1,4 @@
-//! smtp
+//! SMTP ingress (RFC 5321, RFC 3207): replies, command parser, DATA decoder, session state
+//! machine and the listener loop.
+
+pub mod reply;

@@ -1,1 +1,1 @@
-//! spool
+//! The durable spool: a per-core append-only log with group commit.

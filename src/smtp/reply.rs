@@ -1,0 +1,156 @@
+//! SMTP replies (RFC 5321 section 4.2) with enhanced status codes (RFC 3463, RFC 2034).
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// An enhanced status code `class.subject.detail`, e.g. `5.7.1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Status {
+    pub class: u8,
+    pub subject: u16,
+    pub detail: u16,
+}
+
+impl Status {
+    pub const fn new(class: u8, subject: u16, detail: u16) -> Status {
+        Status {
+            class,
+            subject,
+            detail,
+        }
+    }
+
+    /// Parses `5.7.1` at the start of `text`; returns the status and the rest after one space.
+    pub fn parse_prefix(text: &str) -> Option<(Status, &str)> {
+        let (code, rest) = text.split_once(' ').unwrap_or((text, ""));
+        let mut parts = code.split('.');
+        let class: u8 = parts.next()?.parse().ok()?;
+        let subject: u16 = parts.next()?.parse().ok()?;
+        let detail: u16 = parts.next()?.parse().ok()?;
+        if parts.next().is_some() || !matches!(class, 2 | 4 | 5) {
+            return None;
+        }
+        Some((
+            Status {
+                class,
+                subject,
+                detail,
+            },
+            rest,
+        ))
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
+/// One SMTP reply: a code, an optional enhanced status, and text. Multi-line text separates
+/// lines with `\n`; each line goes out with the code and, when present, the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub status: Option<Status>,
+    pub text: Cow<'static, str>,
+}
+
+impl Reply {
+    /// A reply with constant text; allocation-free.
+    pub const fn fixed(code: u16, status: Status, text: &'static str) -> Reply {
+        Reply {
+            code,
+            status: Some(status),
+            text: Cow::Borrowed(text),
+        }
+    }
+
+    pub fn new(code: u16, status: Option<Status>, text: impl Into<Cow<'static, str>>) -> Reply {
+        Reply {
+            code,
+            status,
+            text: text.into(),
+        }
+    }
+
+    /// 2xx or 3xx.
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    /// 4xx: try again later.
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    /// 5xx: do not try again.
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+
+    /// The enhanced status, or one derived from the reply class when the peer sent none.
+    pub fn status_or_default(&self) -> Status {
+        self.status.unwrap_or(match self.code {
+            200..=399 => Status::new(2, 0, 0),
+            400..=499 => Status::new(4, 0, 0),
+            _ => Status::new(5, 0, 0),
+        })
+    }
+
+    /// Appends the wire form (CRLF line ends, `-` on all but the last line) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let sep = if lines.peek().is_some() { '-' } else { ' ' };
+            let line = line.trim_end_matches('\r');
+            use std::io::Write;
+            let _ = match self.status {
+                Some(status) => write!(out, "{}{}{} {}\r\n", self.code, sep, status, line),
+                None => write!(out, "{}{}{}\r\n", self.code, sep, line),
+            };
+        }
+    }
+}
+
+/// The reply as it would appear on one log line: `550 5.1.1 text` with lines joined by ` / `.
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code)?;
+        if let Some(status) = self.status {
+            write!(f, " {status}")?;
+        }
+        for (i, line) in self.text.split('\n').enumerate() {
+            f.write_str(if i == 0 { " " } else { " / " })?;
+            f.write_str(line)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_line_reply_carries_enhanced_status() {
+        let mut out = Vec::new();
+        Reply::fixed(550, Status::new(5, 1, 1), "No such user").write_to(&mut out);
+        assert_eq!(out, b"550 5.1.1 No such user\r\n");
+    }
+
+    #[test]
+    fn multi_line_reply_uses_dash_on_all_but_last() {
+        let mut out = Vec::new();
+        Reply::new(250, None, "gw.example\nPIPELINING\nSTARTTLS").write_to(&mut out);
+        assert_eq!(out, b"250-gw.example\r\n250-PIPELINING\r\n250 STARTTLS\r\n");
+    }
+
+    #[test]
+    fn status_prefix_parses_and_rejects_garbage() {
+        let (status, rest) = Status::parse_prefix("4.7.0 try later").unwrap();
+        assert_eq!((status, rest), (Status::new(4, 7, 0), "try later"));
+        assert!(Status::parse_prefix("hello there").is_none());
+        assert!(Status::parse_prefix("3.1.1 x").is_none());
+    }
+}
