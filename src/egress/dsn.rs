@@ -381,10 +381,12 @@ mod tests {
         ]
     }
 
+    type Fields = Vec<(String, String)>;
+
     /// A header section and body split at the first blank line; header lines unfolded.
-    fn split_entity(entity: &str) -> (Vec<(String, String)>, &str) {
+    fn split_entity(entity: &str) -> (Fields, &str) {
         let (head, body) = entity.split_once("\r\n\r\n").unwrap_or((entity, ""));
-        let mut fields: Vec<(String, String)> = Vec::new();
+        let mut fields: Fields = Vec::new();
         for line in head.split("\r\n") {
             if line.starts_with([' ', '\t']) {
                 fields.last_mut().unwrap().1.push_str(line);
@@ -405,7 +407,7 @@ mod tests {
 
     /// Top-level headers and the parts of the multipart/report, each split into its headers
     /// and body.
-    fn parse(dsn: &[u8]) -> (Vec<(String, String)>, Vec<(Vec<(String, String)>, String)>) {
+    fn parse(dsn: &[u8]) -> (Fields, Vec<(Fields, String)>) {
         let text = std::str::from_utf8(dsn).unwrap();
         let (headers, body) = split_entity(text);
         let content_type = field(&headers, "Content-Type");
@@ -428,7 +430,7 @@ mod tests {
     }
 
     /// Groups of `name: value` fields separated by blank lines (RFC 3464 section 2.1).
-    fn status_groups(report: &str) -> Vec<Vec<(String, String)>> {
+    fn status_groups(report: &str) -> Vec<Fields> {
         report
             .trim_end_matches("\r\n")
             .split("\r\n\r\n")
