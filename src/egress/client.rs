@@ -121,6 +121,9 @@ pub struct Connection {
     tls: Option<TlsInfo>,
     settings: ClientSettings,
     messages_sent: usize,
+    /// Set once the session may be out of step with the server (broken connection, timeout,
+    /// unparseable or unexpected reply, 421): nothing more is sent on it then.
+    broken: bool,
 }
 
 impl Connection {
@@ -146,6 +149,7 @@ impl Connection {
             tls: None,
             settings: settings.clone(),
             messages_sent: 0,
+            broken: false,
         };
 
         let greeting = connection.read("greeting").await?;
@@ -198,7 +202,21 @@ impl Connection {
         if recipients.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_usable()?;
 
+        let outcome = self.transaction(reverse_path, recipients, body).await;
+        if let Err(AttemptError::Protocol(_)) = outcome {
+            self.broken = true;
+        }
+        outcome
+    }
+
+    async fn transaction(
+        &mut self,
+        reverse_path: &str,
+        recipients: &[String],
+        body: &[u8],
+    ) -> Result<Vec<RecipientResult>, AttemptError> {
         let mail = self.mail_command(reverse_path, recipients, body);
         let (mut results, data_reply) = if self.extensions.pipelining {
             self.pipelined_envelope(mail, recipients).await?
@@ -213,7 +231,7 @@ impl Connection {
             if data_reply.as_ref().is_some_and(|reply| reply.code == 354) {
                 self.command(".", "end of data").await?;
             }
-            self.reset().await?;
+            self.reset_after_transaction().await;
             return Ok(results);
         }
 
@@ -221,6 +239,11 @@ impl Connection {
             Some(reply) => reply,
             None => self.command("DATA", "DATA").await?,
         };
+        if data_reply.is_positive() && data_reply.code != 354 {
+            return Err(AttemptError::Protocol(format!(
+                "unexpected {data_reply} to DATA"
+            )));
+        }
         let outcome = if data_reply.code == 354 {
             self.write_content(body).await?;
             let reply = self
@@ -231,7 +254,7 @@ impl Connection {
             }
             reply
         } else {
-            self.reset().await?;
+            self.reset_after_transaction().await;
             data_reply
         };
 
@@ -251,12 +274,32 @@ impl Connection {
 
     /// Sends RSET, so that the connection can carry another transaction.
     pub async fn reset(&mut self) -> Result<(), AttemptError> {
+        self.check_usable()?;
         let reply = self.command("RSET", "RSET").await?;
         if !reply.is_positive() {
             return Err(AttemptError::Rejected {
                 stage: "RSET",
                 reply,
             });
+        }
+        Ok(())
+    }
+
+    /// RSET once a transaction's outcome is known; a failure only matters to the next
+    /// transaction, which finds the connection marked broken.
+    async fn reset_after_transaction(&mut self) {
+        if let Err(error) = self.reset().await {
+            tracing::debug!(mx_host = %self.host, peer = %self.peer, %error, "rset failed");
+            self.broken = true;
+        }
+    }
+
+    fn check_usable(&self) -> Result<(), AttemptError> {
+        if self.broken {
+            return Err(AttemptError::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "connection unusable after an earlier failure",
+            )));
         }
         Ok(())
     }
@@ -467,6 +510,7 @@ impl Connection {
             tls: Some(tls),
             settings,
             messages_sent,
+            broken: false,
         };
         connection.hello().await?;
         Ok(connection)
@@ -515,10 +559,12 @@ impl Connection {
         bytes: &[u8],
     ) -> Result<(), AttemptError> {
         let wire = &mut self.wire;
-        timed(timeout, stage, async {
+        let written = timed(timeout, stage, async {
             wire.write_all(bytes).await.map_err(AttemptError::Io)
         })
-        .await
+        .await;
+        self.broken |= written.is_err();
+        written
     }
 
     async fn read(&mut self, stage: &'static str) -> Result<Reply, AttemptError> {
@@ -531,15 +577,17 @@ impl Connection {
         stage: &'static str,
     ) -> Result<Reply, AttemptError> {
         let wire = &mut self.wire;
-        let reply = timed(timeout, stage, async {
+        let read = timed(timeout, stage, async {
             wire.read_reply().await.map_err(|error| match error {
                 WireError::Io(error) => AttemptError::Io(error),
                 WireError::Reply(error) => reply_error(error, stage),
             })
         })
-        .await?;
+        .await;
+        let reply = read.inspect_err(|_| self.broken = true)?;
         tracing::trace!(peer = %self.peer, stage, %reply, "smtp reply");
         if reply.code == 421 {
+            self.broken = true;
             return Err(AttemptError::Rejected { stage, reply });
         }
         Ok(reply)

@@ -502,3 +502,69 @@ fn postfix_smtp_sink_accepts_two_pipelined_messages_on_one_connection() {
     assert!(first.contains("\n.leading dot\nend\n"), "{first:?}");
     assert!(second.contains("X-Mail-Args: <>"), "{second}");
 }
+
+#[test]
+fn connection_out_of_step_after_a_timeout_refuses_further_commands() {
+    let (addr, server) = serve(|peer| {
+        greet(peer, &[]);
+        peer.expect("MAIL FROM:");
+        // No reply: the client times out. Then the late reply arrives.
+        let late = peer.line();
+        peer.send("250 late reply to MAIL\r\n");
+        late
+    });
+
+    run(async move {
+        let mut settings = settings();
+        settings.command_timeout = Duration::from_millis(300);
+        let mut connection =
+            Connection::open(addr, "mx", TlsPolicy::Disabled, &no_tls(), &settings)
+                .await
+                .unwrap();
+        let rcpts = recipients(&["b@example.org"]);
+        let error = connection
+            .send("a@example.net", &rcpts, b"x\r\n")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, AttemptError::Timeout("MAIL FROM")),
+            "{error}"
+        );
+
+        let error = connection.reset().await.unwrap_err();
+        assert!(matches!(error, AttemptError::Io(_)), "{error}");
+        let error = connection
+            .send("a@example.net", &rcpts, b"x\r\n")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, AttemptError::Io(_)), "{error}");
+        connection.quit().await;
+    });
+
+    assert_eq!(
+        server.join().unwrap(),
+        "QUIT",
+        "nothing but QUIT after the timeout"
+    );
+}
+
+#[test]
+fn positive_reply_to_data_other_than_354_is_a_protocol_error() {
+    let (addr, _server) = serve(|peer| {
+        greet(peer, &["PIPELINING"]);
+        peer.expect("MAIL FROM:");
+        peer.expect("RCPT TO:");
+        peer.expect("DATA");
+        peer.send("250 ok\r\n250 ok\r\n250 sure\r\n");
+    });
+
+    let error = run(async move {
+        let mut connection = open_plain(addr).await.unwrap();
+        let rcpts = recipients(&["b@example.org"]);
+        connection
+            .send("a@example.net", &rcpts, b"x\r\n")
+            .await
+            .unwrap_err()
+    });
+    assert!(matches!(error, AttemptError::Protocol(_)), "{error}");
+}
