@@ -1,4 +1,5 @@
 //! SMTP ingress (RFC 5321, RFC 3207): replies, command parser, DATA decoder, session state
 //! machine and the listener loop.
 
+pub mod parser;
 pub mod reply;
