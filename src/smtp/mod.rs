@@ -3,4 +3,5 @@
 
 pub mod data;
 pub mod parser;
+pub mod policy;
 pub mod reply;
