@@ -4,4 +4,5 @@
 pub mod data;
 pub mod parser;
 pub mod policy;
+pub mod received;
 pub mod reply;
