@@ -6,3 +6,5 @@ pub mod parser;
 pub mod policy;
 pub mod received;
 pub mod reply;
+pub mod server;
+pub mod session;

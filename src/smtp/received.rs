@@ -77,7 +77,7 @@ pub fn rfc5322_date(secs: u64) -> String {
 }
 
 fn is_leap_year(year: u64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
 }
 
 /// Year, month (1-12) and day of month for a count of days since 1970-01-01.
