@@ -322,6 +322,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Reads and answers commands. `greeting_timeout` applies until EHLO/HELO (again after
+    /// STARTTLS), `command_timeout` after it, `data_timeout` between chunks of a message.
     async fn serve_commands<I: Intake>(
         &mut self,
         session: &mut Session,

@@ -73,7 +73,8 @@ where
     F: FnOnce(Endpoints) + Send + 'static,
 {
     let n = FIXTURES.fetch_add(1, Ordering::Relaxed);
-    let dir: PathBuf = std::env::temp_dir().join(format!("secmx-server-{}-{n}", std::process::id()));
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("secmx-server-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let text = config_text(&dir, extra_config);
 
@@ -107,7 +108,10 @@ where
                 sor: sor.local_addr().unwrap(),
                 cert,
             };
-            let roles = [(ber, Role::BestEffortReceiver), (sor, Role::SecureOnlyReceiver)];
+            let roles = [
+                (ber, Role::BestEffortReceiver),
+                (sor, Role::SecureOnlyReceiver),
+            ];
             for (listener, role) in roles {
                 let task = serve_listener(listener, role, ctx.clone(), intake.clone());
                 glommio::spawn_local(task).detach();
@@ -141,7 +145,9 @@ struct Client {
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
         let socket = StdTcpStream::connect(addr).unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let io = Box::new(socket.try_clone().unwrap());
         Client {
             socket,
@@ -188,12 +194,19 @@ impl Client {
 
     fn expect(&mut self, prefix: &str) -> String {
         let reply = self.reply();
-        assert!(reply.starts_with(prefix), "expected {prefix}, got {reply:?}");
+        assert!(
+            reply.starts_with(prefix),
+            "expected {prefix}, got {reply:?}"
+        );
         reply
     }
 
     fn expect_closed(&mut self) {
-        assert_eq!(self.line(), None, "the server should have closed the connection");
+        assert_eq!(
+            self.line(),
+            None,
+            "the server should have closed the connection"
+        );
     }
 
     /// Nothing arrives for a while (the replay cases' `(none)`).
@@ -203,8 +216,11 @@ impl Client {
             .unwrap();
         let mut chunk = [0; 512];
         match self.io.read(&mut chunk) {
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             other => panic!("expected silence, got {other:?}"),
         }
         self.socket
@@ -289,7 +305,10 @@ fn plaintext_transaction_is_acknowledged_with_the_queue_id_after_submission() {
         c.expect("220 mx.example.org ESMTP");
         c.send(b"EHLO client.example\r\n");
         let ehlo = c.expect("250-mx.example.org");
-        assert!(ehlo.contains("PIPELINING") && ehlo.contains("STARTTLS"), "{ehlo}");
+        assert!(
+            ehlo.contains("PIPELINING") && ehlo.contains("STARTTLS"),
+            "{ehlo}"
+        );
         c.send(b"MAIL FROM:<alice@example.net>\r\n");
         c.expect("250 2.1.0");
         c.send(b"RCPT TO:<bob@example.org>\r\n");
@@ -306,10 +325,21 @@ fn plaintext_transaction_is_acknowledged_with_the_queue_id_after_submission() {
     let (envelope, body) = &messages[0];
     assert_eq!(envelope.reverse_path, "alice@example.net");
     assert_eq!(envelope.recipients, ["bob@example.org"]);
-    assert_eq!((envelope.peer.as_str(), envelope.tls.as_str()), ("127.0.0.1", "none"));
+    assert_eq!(
+        (envelope.peer.as_str(), envelope.tls.as_str()),
+        ("127.0.0.1", "none")
+    );
     let body = String::from_utf8(body.clone()).unwrap();
-    assert!(body.starts_with("Received: from client.example ([127.0.0.1])\r\n\tby mx.example.org with ESMTP;"), "{body}");
-    assert!(body.ends_with("\r\nSubject: hello\r\n\r\n.stuffed\r\n"), "{body}");
+    assert!(
+        body.starts_with(
+            "Received: from client.example ([127.0.0.1])\r\n\tby mx.example.org with ESMTP;"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.ends_with("\r\nSubject: hello\r\n\r\n.stuffed\r\n"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -322,7 +352,14 @@ fn pipelined_commands_are_answered_in_order() {
               RCPT TO:<carol@example.net>\r\nDATA\r\nRSET\r\nMAIL FROM:<alice@example.net>\r\n\
               RCPT TO:<bob@example.org>\r\nDATA\r\n",
         );
-        for expected in ["250-", "250 2.1.0", "550 5.1.1", "554 5.7.1", "554 5.5.1", "250 2.0.0"] {
+        for expected in [
+            "250-",
+            "250 2.1.0",
+            "550 5.1.1",
+            "554 5.7.1",
+            "554 5.5.1",
+            "250 2.0.0",
+        ] {
             c.expect(expected);
         }
         for expected in ["250 2.1.0", "250 2.1.5", "354"] {
@@ -362,9 +399,16 @@ fn starttls_drops_plaintext_pipelined_behind_it() {
     });
     assert_eq!(messages.len(), 1);
     let (envelope, body) = &messages[0];
-    assert!(envelope.tls.starts_with("TLSv1.3 TLS13_"), "{}", envelope.tls);
+    assert!(
+        envelope.tls.starts_with("TLSv1.3 TLS13_"),
+        "{}",
+        envelope.tls
+    );
     let body = String::from_utf8_lossy(body);
-    assert!(body.contains(&format!("with ESMTPS ({});", envelope.tls)), "{body}");
+    assert!(
+        body.contains(&format!("with ESMTPS ({});", envelope.tls)),
+        "{body}"
+    );
 }
 
 #[test]
@@ -491,9 +535,15 @@ fn connection_slots_are_returned_when_dropped() {
     let b: IpAddr = "192.0.2.2".parse().unwrap();
     let a1 = ConnectionLimits::admit(&limits, a, &smtp).unwrap();
     let _a2 = ConnectionLimits::admit(&limits, a, &smtp).unwrap();
-    assert!(ConnectionLimits::admit(&limits, a, &smtp).is_none(), "per client");
+    assert!(
+        ConnectionLimits::admit(&limits, a, &smtp).is_none(),
+        "per client"
+    );
     let _b1 = ConnectionLimits::admit(&limits, b, &smtp).unwrap();
-    assert!(ConnectionLimits::admit(&limits, b, &smtp).is_none(), "per core");
+    assert!(
+        ConnectionLimits::admit(&limits, b, &smtp).is_none(),
+        "per core"
+    );
     drop(a1);
     let b2 = ConnectionLimits::admit(&limits, b, &smtp);
     assert!(b2.is_some());
