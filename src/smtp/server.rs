@@ -22,7 +22,7 @@ use glommio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::data::Feed;
-use super::policy::RecipientPolicy;
+use super::policy::{PolicyError, RecipientPolicy};
 use super::reply::{Reply, Status};
 use super::session::{Action, Session};
 use crate::config::{Config, Role, Smtp};
@@ -84,6 +84,23 @@ pub struct IngressContext {
     pub config: Rc<Config>,
     pub tls: Arc<rustls::ServerConfig>,
     pub policy: RecipientPolicy,
+    /// Open connections of this core, over all its listeners.
+    limits: Rc<ConnectionLimits>,
+}
+
+impl IngressContext {
+    pub fn new(
+        config: Rc<Config>,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<IngressContext, PolicyError> {
+        let policy = RecipientPolicy::from_config(&config)?;
+        Ok(IngressContext { config, tls, policy, limits: Rc::default() })
+    }
+
+    /// Sessions open on this core.
+    pub fn active_sessions(&self) -> usize {
+        self.limits.total.get()
+    }
 }
 
 /// Accepts connections on `listener` forever, one task per connection on this core.
@@ -93,7 +110,6 @@ pub async fn serve_listener<I: Intake + 'static>(
     ctx: Rc<IngressContext>,
     intake: Rc<I>,
 ) {
-    let limits = Rc::new(ConnectionLimits::default());
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -107,7 +123,7 @@ pub async fn serve_listener<I: Intake + 'static>(
         let Ok(peer) = stream.peer_addr() else {
             continue;
         };
-        let slot = ConnectionLimits::admit(&limits, peer.ip(), &ctx.config.smtp);
+        let slot = ConnectionLimits::admit(&ctx.limits, peer.ip(), &ctx.config.smtp);
         let span = tracing::info_span!("smtp_session", peer = %peer.ip(), ?role);
         let (ctx, intake) = (ctx.clone(), intake.clone());
         let task = async move {

@@ -94,12 +94,7 @@ where
         .io_memory(256 << 10)
         .spawn(move || async move {
             let config = Rc::new(Config::parse(&text, "test.toml", None).unwrap());
-            let policy = RecipientPolicy::from_config(&config).unwrap();
-            let ctx = Rc::new(IngressContext {
-                config,
-                tls,
-                policy,
-            });
+            let ctx = Rc::new(IngressContext::new(config, tls).unwrap());
             let intake = Rc::new(MemoryIntake::default());
             let ber = TcpListener::bind("127.0.0.1:0").unwrap();
             let sor = TcpListener::bind("127.0.0.1:0").unwrap();
