@@ -122,6 +122,10 @@ impl Cache {
                 DnsOutcome::NxDomain,
             ),
             Interpretation::TempFail(reason) => return DnsOutcome::TempFail(reason),
+            // The resolver follows aliases before storing; one left over is not an outcome.
+            Interpretation::Alias { target, .. } => {
+                return DnsOutcome::TempFail(format!("CNAME to {target} left unresolved"));
+            }
         };
         match ttl {
             Some(ttl) if ttl > 0 => {

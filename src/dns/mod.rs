@@ -24,7 +24,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use hickory_proto::rr::RecordType;
+use hickory_proto::rr::{Name, RecordType};
 use rand::RngExt;
 use tracing::{debug, trace, warn};
 
@@ -105,6 +105,9 @@ pub struct Resolver {
     stats: Cell<ResolverStats>,
 }
 
+/// CNAME targets asked for again, one after the other, before the chain counts as a loop.
+const MAX_ALIAS_RESTARTS: usize = 8;
+
 /// Where `resolv.conf(5)` says queries go when it names no server.
 const FALLBACK_NAMESERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53);
 
@@ -178,20 +181,25 @@ impl Resolver {
         self.stats.set(stats);
     }
 
-    /// The cache, else the identical query in flight, else a new upstream query.
+    /// A name that cannot be written on the wire cannot exist in the DNS: NXDOMAIN.
     async fn lookup(&self, name: &str, record_type: RecordType) -> DnsOutcome<Records> {
-        let question = match Question::new(name, record_type) {
-            Ok(question) => question,
+        match Question::new(name, record_type) {
+            Ok(question) => self.lookup_question(question, 0).await,
             Err(invalid) => {
                 debug!(qname = name, qtype = %record_type, error = %invalid, "name cannot exist in the DNS");
-                return DnsOutcome::NxDomain;
+                DnsOutcome::NxDomain
             }
-        };
+        }
+    }
+
+    /// The cache, else the identical query in flight, else a new upstream query. `restarts`
+    /// counts the CNAME targets asked for on the way here.
+    async fn lookup_question(&self, question: Question, restarts: usize) -> DnsOutcome<Records> {
         let key = question.key();
         loop {
             if let Some(outcome) = self.cache.borrow_mut().get(&key, Instant::now()) {
                 self.count(|s| s.cache_hits += 1);
-                trace!(qname = %question.name, qtype = %record_type, "answered from cache");
+                trace!(qname = %question.name, qtype = %question.record_type, "answered from cache");
                 return outcome;
             }
 
@@ -210,13 +218,49 @@ impl Resolver {
                 .borrow_mut()
                 .insert(key.clone(), Rc::clone(&flight));
             let leader = Leader::new(&self.in_flight, key.clone(), flight);
-            let interpretation = self.ask_upstream(&question).await;
+            let interpretation = match self.ask_upstream(&question).await {
+                Interpretation::Alias { target, ttl } => {
+                    self.follow_alias(&question, target, ttl, restarts).await
+                }
+                interpretation => interpretation,
+            };
             let outcome = self
                 .cache
                 .borrow_mut()
                 .store(key, interpretation, Instant::now());
             leader.finish(outcome.clone());
             return outcome;
+        }
+    }
+
+    /// Asks for the target of a CNAME the server did not follow (RFC 1034 5.3.3). The alias
+    /// inherits the target's records with the smaller TTL; a negative outcome is handed on but
+    /// cached under the target only.
+    async fn follow_alias(
+        &self,
+        question: &Question,
+        target: Name,
+        alias_ttl: u32,
+        restarts: usize,
+    ) -> Interpretation {
+        if restarts >= MAX_ALIAS_RESTARTS {
+            return Interpretation::TempFail(format!(
+                "{} {}: more than {MAX_ALIAS_RESTARTS} CNAMEs to follow",
+                question.name, question.record_type
+            ));
+        }
+        let target = Question {
+            name: target,
+            record_type: question.record_type,
+        };
+        match Box::pin(self.lookup_question(target, restarts + 1)).await {
+            DnsOutcome::Answer { records, ttl } => Interpretation::Answer {
+                records,
+                ttl: ttl.min(alias_ttl),
+            },
+            DnsOutcome::NoData => Interpretation::NoData { negative_ttl: None },
+            DnsOutcome::NxDomain => Interpretation::NxDomain { negative_ttl: None },
+            DnsOutcome::TempFail(reason) => Interpretation::TempFail(reason),
         }
     }
 

@@ -7,7 +7,8 @@
 //!   is checked by the transport, which knows it.
 //! - What an accepted reply means: CNAME chains inside the answer section (RFC 1034 3.6.2),
 //!   NODATA and NXDOMAIN with the negative TTL from the SOA in the authority section
-//!   (RFC 2308 3 and 5), and every other RCODE a temporary failure.
+//!   (RFC 2308 3 and 5), and every other RCODE a temporary failure. A chain that stops at an
+//!   unresolved target is restarted there by the resolver (RFC 1034 5.3.3).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -175,6 +176,10 @@ pub enum Interpretation {
     NoData { negative_ttl: Option<u32> },
     /// The name does not exist. `negative_ttl` from the SOA, if any.
     NxDomain { negative_ttl: Option<u32> },
+    /// The answer section ends at a CNAME whose target it does not resolve, with no SOA to
+    /// say the target has no data: the server did not follow the alias (unbound's local data,
+    /// an authoritative server) and the question must be asked again for `target`.
+    Alias { target: Name, ttl: u32 },
     /// The server could not answer; another server or a later try may.
     TempFail(String),
 }
@@ -221,6 +226,9 @@ pub fn interpret(message: &Message, question: &Question) -> Interpretation {
             Some((target, cname_ttl)) => {
                 owner = target;
                 ttl = ttl.min(cname_ttl);
+            }
+            None if owner != question.name && negative_ttl(message).is_none() => {
+                return Interpretation::Alias { target: owner, ttl };
             }
             None => return no_data(message),
         }
@@ -531,6 +539,32 @@ mod tests {
             Interpretation::Answer {
                 records: Records::Addresses(vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 81))]),
                 ttl: 60
+            }
+        );
+    }
+
+    #[test]
+    fn cname_without_its_target_asks_for_the_target() {
+        let q = question("alias.example.net", RecordType::A);
+        let mut reply = reply_to(&q, 1, ResponseCode::NoError);
+        reply.add_answer(Record::from_rdata(
+            name("alias.example.net."),
+            60,
+            RData::CNAME(CNAME(name("amx.example.net."))),
+        ));
+        assert_eq!(
+            interpret(&reply, &q),
+            Interpretation::Alias {
+                target: name("amx.example.net."),
+                ttl: 60
+            }
+        );
+
+        reply.add_authority(soa(300, 300));
+        assert_eq!(
+            interpret(&reply, &q),
+            Interpretation::NoData {
+                negative_ttl: Some(300)
             }
         );
     }
