@@ -383,3 +383,27 @@ fn names_outside_the_test_zones_are_refused_not_resolved() {
         assert!(matches!(outcome, DnsOutcome::TempFail(_)), "{outcome:?}");
     });
 }
+
+#[test]
+fn nothing_is_resolved_beyond_the_local_zones() {
+    let Some(unbound) = start_unbound() else {
+        return;
+    };
+    run(async {
+        let resolver = resolver_for(&unbound);
+        for domain in [
+            "srv1.example.net",
+            "amx.example.net",
+            "example.com",
+            "example.org",
+        ] {
+            let _ = discover(&resolver, domain, 25).await;
+        }
+        assert!(resolver.stats().queries_sent >= 8);
+    });
+    let log = unbound.stop_and_read_log();
+    assert!(
+        log.contains(" 0 recursions"),
+        "unbound recursed; log:\n{log}"
+    );
+}

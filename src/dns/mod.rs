@@ -6,16 +6,17 @@
 //! caches answers and negative answers (RFC 2308) and lets concurrent askers of the same
 //! question share one upstream query.
 //!
-//! - [`wire`]: queries, reply checks and interpretation, without I/O.
-//! - [`cache`]: the TTL-bounded answer cache, with the clock as a parameter.
-//! - [`transport`]: one UDP or TCP exchange on glommio sockets.
-//! - [`resolv_conf`]: the `nameserver` lines of `/etc/resolv.conf`.
+//! - `wire`: queries, reply checks and interpretation, without I/O.
+//! - `cache`: the TTL-bounded answer cache, with the clock as a parameter.
+//! - `flight`: coalescing of identical questions in flight.
+//! - `transport`: one UDP or TCP exchange on glommio sockets.
+//! - `resolv_conf`: the `nameserver` lines of `/etc/resolv.conf`.
 
-pub mod cache;
+mod cache;
 mod flight;
-pub mod resolv_conf;
-pub mod transport;
-pub mod wire;
+mod resolv_conf;
+mod transport;
+mod wire;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -35,8 +36,8 @@ use self::wire::{Interpretation, Question, QuestionKey, Records, encode_query, i
 
 pub use self::resolv_conf::nameservers_from_resolv_conf;
 
-/// What the DNS said about a question (STYLE.md habit 3: a sum type, so a temporary failure
-/// can never be mistaken for "no such record").
+/// What the DNS said about a question: a sum type, so that a temporary failure
+/// can never be mistaken for "no such record".
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DnsOutcome<T> {
     /// Records of the asked type; `ttl` is the time in seconds they remain valid.
@@ -186,7 +187,12 @@ impl Resolver {
         match Question::new(name, record_type) {
             Ok(question) => self.lookup_question(question, 0).await,
             Err(invalid) => {
-                debug!(qname = name, qtype = %record_type, error = %invalid, "name cannot exist in the DNS");
+                debug!(
+                    qname = name,
+                    qtype = %record_type,
+                    error = %invalid,
+                    "name cannot exist in the DNS"
+                );
                 DnsOutcome::NxDomain
             }
         }
@@ -199,7 +205,11 @@ impl Resolver {
         loop {
             if let Some(outcome) = self.cache.borrow_mut().get(&key, Instant::now()) {
                 self.count(|s| s.cache_hits += 1);
-                trace!(qname = %question.name, qtype = %question.record_type, "answered from cache");
+                trace!(
+                    qname = %question.name,
+                    qtype = %question.record_type,
+                    "answered from cache"
+                );
                 return outcome;
             }
 
@@ -278,7 +288,14 @@ impl Resolver {
                 Ok(interpretation) => return interpretation,
                 Err(error) => error,
             };
-            debug!(%server, qname = %question.name, qtype = %question.record_type, attempt, %error, "DNS try failed");
+            debug!(
+                %server,
+                qname = %question.name,
+                qtype = %question.record_type,
+                attempt,
+                %error,
+                "DNS try failed"
+            );
             last_error = format!("{server}: {error}");
         }
         Interpretation::TempFail(format!(
@@ -302,7 +319,12 @@ impl Resolver {
         let message = match reply {
             UdpReply::Accepted(message) => message,
             UdpReply::Truncated => {
-                debug!(%server, qname = %question.name, qtype = %question.record_type, "truncated reply, asking again over TCP");
+                debug!(
+                    %server,
+                    qname = %question.name,
+                    qtype = %question.record_type,
+                    "truncated reply, asking again over TCP"
+                );
                 let id: u16 = rand::rng().random();
                 let query = encode_query(question, id);
                 self.count(|s| {

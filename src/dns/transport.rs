@@ -83,7 +83,12 @@ pub async fn udp_exchange(
         loop {
             let (len, source) = socket.recv_from(&mut buffer).await?;
             if source != server {
-                debug!(%server, %source, qname = %question.name, "dropped datagram from another address");
+                debug!(
+                    %server,
+                    %source,
+                    qname = %question.name,
+                    "dropped datagram from another address"
+                );
                 continue;
             }
             match check_reply(&buffer[..len], id, question) {
@@ -91,7 +96,12 @@ pub async fn udp_exchange(
                 ReplyCheck::Truncated => return Ok(UdpReply::Truncated),
                 ReplyCheck::Malformed(problem) => return Err(TryError::Malformed(problem)),
                 ReplyCheck::Rejected(reason) => {
-                    debug!(%server, qname = %question.name, reason, "dropped datagram that is not our reply");
+                    debug!(
+                        %server,
+                        qname = %question.name,
+                        reason,
+                        "dropped datagram that is not our reply"
+                    );
                 }
             }
         }

@@ -8,7 +8,7 @@
 //! 3. A and AAAA records of every target host.
 //!
 //! A temporary DNS failure of the SRV or MX lookup fails the whole discovery temporarily: a
-//! route is never weakened because the DNS could not answer (STYLE.md habit 3).
+//! route is never weakened because the DNS could not answer.
 
 use std::fmt;
 use std::future::poll_fn;
@@ -124,8 +124,9 @@ impl fmt::Display for DiscoveryError {
 
 impl std::error::Error for DiscoveryError {}
 
-/// Finds the candidates for mail to `domain` (any case, trailing dot or not). MX and
-/// implicit-MX hosts are reached on `smtp_port`, SRV targets on the port of their record.
+/// Finds the candidates for mail to `domain` (ASCII, with internationalised labels as
+/// A-labels; any case; trailing dot or not). MX and implicit-MX hosts are reached on
+/// `smtp_port`, SRV targets on the port of their record.
 pub async fn discover(
     resolver: &Resolver,
     domain: &str,

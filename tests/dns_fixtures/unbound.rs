@@ -98,6 +98,20 @@ impl Unbound {
         false
     }
 
+    /// Stops unbound with SIGTERM, so that it logs its statistics, and returns its log.
+    pub fn stop_and_read_log(mut self) -> String {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: plain syscall on the pid of a child we spawned and have not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return self.log();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("unbound ignored SIGTERM; log:\n{}", self.log());
+    }
+
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
