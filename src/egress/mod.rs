@@ -2,5 +2,8 @@
 //! that owns each destination domain's queue.
 
 pub mod client;
+pub mod delivery;
+pub mod discovery;
 pub mod dsn;
 pub mod maildir;
+pub mod shard;
