@@ -199,6 +199,41 @@ fn concurrent_appends_share_fsyncs() {
 }
 
 #[test]
+fn commit_delay_gathers_appends_that_arrive_while_it_waits() {
+    let tmp = TempDir::new("delay");
+    let dir = tmp.path().to_path_buf();
+    run(move || async move {
+        for (delay, expect_one_flush) in
+            [(Duration::from_millis(100), true), (Duration::ZERO, false)]
+        {
+            let mut opts = options(64 << 20);
+            opts.commit_delay = delay;
+            let core = u16::from(expect_one_flush);
+            let (spool, _) = Spool::open(&dir, core, &opts).await.unwrap();
+            let mut tasks = Vec::new();
+            for n in 0..10 {
+                let spool = spool.clone();
+                tasks.push(glommio::spawn_local(async move {
+                    spool.append(&envelope(n, 1), &body(n, 100)).await.unwrap()
+                }));
+                // Let the writer run: without a delay it starts flushing the first append alone.
+                futures_lite::future::yield_now().await;
+            }
+            for task in tasks {
+                task.await;
+            }
+            let stats = spool.stats();
+            assert_eq!(stats.appends, 10);
+            assert_eq!(
+                stats.flushes == 1,
+                expect_one_flush,
+                "delay {delay:?}: {stats:?}"
+            );
+        }
+    });
+}
+
+#[test]
 fn without_sync_nothing_is_fsynced_but_records_are_written() {
     let tmp = TempDir::new("nosync");
     let dir = tmp.path().to_path_buf();
