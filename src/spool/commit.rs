@@ -6,16 +6,17 @@
 //! its last good record, so a full disk never leaves a half record in front of later good ones.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use glommio::GlommioError;
 use glommio::io::{BufferedFile, Directory};
+use glommio::sync::Semaphore;
 use tracing::{debug, error, warn};
 
 use super::codec::{self, MessageHead};
@@ -148,6 +149,21 @@ struct Batch {
     outcome: Rc<Outcome>,
 }
 
+thread_local! {
+    /// Logs of this executor whose handle was dropped while their writer still had work, by core
+    /// directory. The semaphore closes when the writer has finished and released the lock.
+    static CLOSING: RefCell<HashMap<PathBuf, Rc<Semaphore>>> = RefCell::default();
+}
+
+/// Waits until a log of `core_dir` dropped on this executor has finished writing, so that it can
+/// be opened again at once.
+pub(crate) async fn wait_for_closing(core_dir: &Path) {
+    let closing = CLOSING.with(|c| c.borrow().get(core_dir).cloned());
+    if let Some(closing) = closing {
+        let _ = closing.acquire(1).await;
+    }
+}
+
 /// The segment being appended to.
 struct Active {
     segment: u32,
@@ -172,6 +188,8 @@ pub(crate) struct Shared {
     last_batch: Cell<usize>,
     stats: Cell<SpoolStats>,
     lock: RefCell<Option<CoreLock>>,
+    /// Closed once the writer has stopped (see [`wait_for_closing`]).
+    stopped: Rc<Semaphore>,
 }
 
 impl Shared {
@@ -217,6 +235,7 @@ impl Shared {
             last_batch: Cell::new(0),
             stats: Cell::default(),
             lock: RefCell::new(Some(lock)),
+            stopped: Rc::new(Semaphore::new(0)),
         })
     }
 
@@ -302,6 +321,9 @@ impl Shared {
         self.closed.set(true);
         if !self.has_work() && !self.flushing.get() {
             self.lock.borrow_mut().take();
+        } else {
+            let core_dir = segment::core_dir(&self.dir, self.core);
+            CLOSING.with(|c| c.borrow_mut().insert(core_dir, self.stopped.clone()));
         }
         self.wake_writer();
     }
@@ -527,6 +549,18 @@ impl Shared {
             let _ = file.close().await;
         }
         self.lock.borrow_mut().take();
+
+        let core_dir = segment::core_dir(&self.dir, self.core);
+        CLOSING.with(|c| {
+            let mut closing = c.borrow_mut();
+            if closing
+                .get(&core_dir)
+                .is_some_and(|s| Rc::ptr_eq(s, &self.stopped))
+            {
+                closing.remove(&core_dir);
+            }
+        });
+        self.stopped.close();
     }
 }
 

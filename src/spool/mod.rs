@@ -137,7 +137,8 @@ pub struct Spool {
 
 impl Spool {
     /// Opens (creating the directory) this core's log in `dir`, replays it, returns what is
-    /// still pending, oldest first. Fails when another process holds this core's log.
+    /// still pending, oldest first. Fails when another process holds this core's log; when a
+    /// handle of the same log was dropped on this executor, first waits for its writer to finish.
     pub async fn open(
         dir: &Path,
         core: u16,
@@ -145,6 +146,7 @@ impl Spool {
     ) -> io::Result<(Rc<Spool>, Vec<Recovered>)> {
         let core_dir = segment::core_dir(dir, core);
         std::fs::create_dir_all(&core_dir).map_err(|e| segment::with_path(e, &core_dir))?;
+        commit::wait_for_closing(&core_dir).await;
         let lock = segment::lock(&core_dir)?;
 
         let mut replayed = recovery::replay(dir, core, options.sync).await?;

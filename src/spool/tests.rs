@@ -269,6 +269,25 @@ fn a_second_open_of_the_same_core_is_refused() {
 }
 
 #[test]
+fn reopening_on_the_same_executor_waits_for_the_dropped_writer() {
+    let tmp = TempDir::new("handover");
+    let dir = tmp.path().to_path_buf();
+    run(move || async move {
+        let (spool, _) = Spool::open(&dir, 0, &options(1 << 20)).await.unwrap();
+        // An append abandoned after it was queued is still written by the writer, which keeps
+        // the lock until it is done.
+        let (envelope0, body0) = (envelope(0, 1), body(0, 10));
+        let queued = futures_lite::future::poll_once(spool.append(&envelope0, &body0)).await;
+        assert!(queued.is_none());
+        drop(spool);
+
+        let (_spool, recovered) = Spool::open(&dir, 0, &options(1 << 20)).await.unwrap();
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].envelope, envelope(0, 1));
+    });
+}
+
+#[test]
 fn segments_roll_over_and_finished_ones_are_deleted_oldest_first() {
     let tmp = TempDir::new("reclaim");
     let dir = tmp.path().to_path_buf();
