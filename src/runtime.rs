@@ -214,7 +214,9 @@ async fn run_core(startup: Startup) -> Result<(), String> {
         tracing::info!(core = index, messages = recovered_messages, "queued mail recovered from the spool");
     }
 
-    let ingress = Rc::new(IngressContext::new(config.clone(), startup.server_tls));
+    let ingress = IngressContext::new(config.clone(), startup.server_tls)
+        .map_err(|e| format!("recipients file: {e}"))?;
+    let ingress = Rc::new(ingress);
     let intake = Rc::new(CoreIntake(shard.clone()));
     let mut accept_loops = Vec::new();
     for (listener, &fd) in config.listeners.iter().zip(&startup.listener_fds[index]) {

@@ -1,6 +1,4 @@
-//! TLS configuration through rustls (ring provider), both directions.
-//!
-//! Server side: the configured certificate chain and key, or a self-signed ECDSA P-256
+//! Server side of TLS (STARTTLS on the listeners, RFC 3207): the configured certificate chain and key, or a self-signed ECDSA P-256
 //! certificate generated into `data_dir/tls/` on first start and reused afterwards.
 
 use std::fmt;
@@ -8,26 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::ServerConfig;
+
+use super::TlsError;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// A TLS setup error, naming the file it concerns.
-#[derive(Debug)]
-pub struct TlsError {
-    pub path: PathBuf,
-    pub problem: String,
-}
-
-impl fmt::Display for TlsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.problem)
-    }
-}
-
-impl std::error::Error for TlsError {}
-
 fn tls_error(path: &Path, problem: impl fmt::Display) -> TlsError {
-    TlsError { path: path.to_path_buf(), problem: problem.to_string() }
+    TlsError::File { path: path.to_path_buf(), problem: problem.to_string() }
 }
 
 /// Where the server's certificate and key come from.
