@@ -145,7 +145,13 @@ impl Shard {
 
     /// Splits a message's pending recipients by destination domain and hands each part to the
     /// shard owning that domain.
-    pub fn route(self: &Rc<Self>, id: QueueId, envelope: Envelope, body: Option<Bytes>, pending: &[u32]) {
+    pub fn route(
+        self: &Rc<Self>,
+        id: QueueId,
+        envelope: Envelope,
+        body: Option<Bytes>,
+        pending: &[u32],
+    ) {
         let mut by_domain: Vec<(String, Vec<u32>)> = Vec::new();
         for &index in pending {
             let domain = mailbox_domain(&envelope.recipients[index as usize]);
@@ -175,8 +181,16 @@ impl Shard {
         }
         let shard = self.clone();
         glommio::spawn_local(async move {
-            if shard.senders.send_to(owner, ShardMessage::Deliver(job)).await.is_err() {
-                tracing::warn!(core = owner, "core is gone; the job stays queued until restart");
+            if shard
+                .senders
+                .send_to(owner, ShardMessage::Deliver(job))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    core = owner,
+                    "core is gone; the job stays queued until restart"
+                );
             }
         })
         .detach();
@@ -206,7 +220,9 @@ impl Shard {
         loop {
             let job = {
                 let mut queues = self.queues.borrow_mut();
-                let queue = queues.get_mut(&domain).expect("a worker's domain has a queue");
+                let queue = queues
+                    .get_mut(&domain)
+                    .expect("a worker's domain has a queue");
                 match queue.jobs.pop_front() {
                     Some(job) => job,
                     None => {
@@ -238,7 +254,10 @@ impl Shard {
         let started = Instant::now();
         let attempt = delivery::attempt(self, &job, &body).await;
         let tls = attempt.tls.as_str();
-        let peer = attempt.peer.as_ref().map_or_else(String::new, |(h, a)| format!("{h}[{a}]"));
+        let peer = attempt
+            .peer
+            .as_ref()
+            .map_or_else(String::new, |(h, a)| format!("{h}[{a}]"));
         let delay = unix_now().saturating_sub(job.envelope.received_at);
 
         let mut finished = Vec::new();
@@ -265,7 +284,11 @@ impl Shard {
                     tracing::warn!(queue_id = %job.id, recipient, peer, tls, %status, reason, delay, attempts = job.attempts + 1, "deferred");
                     deferred.push(index);
                 }
-                Fate::Bounced { status, reason, remote_mta } => {
+                Fate::Bounced {
+                    status,
+                    reason,
+                    remote_mta,
+                } => {
                     self.stats.bounced.set(self.stats.bounced.get() + 1);
                     tracing::warn!(queue_id = %job.id, recipient, peer, tls, %status, reason, delay, "bounced");
                     failed.push(FailedRecipient {
@@ -301,8 +324,13 @@ impl Shard {
 
     /// Queues a DSN for the failed recipients; false if it could not be stored.
     async fn bounce(self: &Rc<Self>, job: &Job, body: &[u8], failed: &[FailedRecipient]) -> bool {
-        let Some((envelope, report)) = dsn::compose(&self.config.hostname, &job.envelope, body, failed, unix_now())
-        else {
+        let Some((envelope, report)) = dsn::compose(
+            &self.config.hostname,
+            &job.envelope,
+            body,
+            failed,
+            unix_now(),
+        ) else {
             tracing::info!(queue_id = %job.id, "no DSN for the null reverse-path");
             return true;
         };
@@ -341,10 +369,15 @@ impl Shard {
     fn schedule_retry(&self, job: Job) {
         let outbound = &self.config.outbound;
         let exponent = job.attempts.saturating_sub(1).min(16);
-        let wait = outbound.retry_initial.saturating_mul(1 << exponent).min(outbound.retry_max);
+        let wait = outbound
+            .retry_initial
+            .saturating_mul(1 << exponent)
+            .min(outbound.retry_max);
         let sequence = self.retry_sequence.get();
         self.retry_sequence.set(sequence + 1);
-        self.retries.borrow_mut().insert((Instant::now() + wait, sequence), job);
+        self.retries
+            .borrow_mut()
+            .insert((Instant::now() + wait, sequence), job);
     }
 
     /// Releases due retries and closes idle connections past their time; runs for the life of
@@ -356,7 +389,9 @@ impl Shard {
             let due: Vec<Job> = {
                 let mut retries = self.retries.borrow_mut();
                 let later = retries.split_off(&(now, u64::MAX));
-                std::mem::replace(&mut *retries, later).into_values().collect()
+                std::mem::replace(&mut *retries, later)
+                    .into_values()
+                    .collect()
             };
             for job in due {
                 self.enqueue(job);
@@ -369,8 +404,9 @@ impl Shard {
         let idle_timeout = self.config.outbound.idle_timeout;
         let mut expired = Vec::new();
         self.idle.borrow_mut().retain(|_, list| {
-            let (old, fresh): (Vec<_>, Vec<_>) =
-                list.drain(..).partition(|(_, since)| now.duration_since(*since) >= idle_timeout);
+            let (old, fresh): (Vec<_>, Vec<_>) = list
+                .drain(..)
+                .partition(|(_, since)| now.duration_since(*since) >= idle_timeout);
             expired.extend(old.into_iter().map(|(c, _)| c));
             *list = fresh;
             !list.is_empty()
@@ -385,7 +421,9 @@ impl Shard {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&(domain.to_string(), addr))?;
         let (connection, _) = list.pop()?;
-        self.stats.connections_reused.set(self.stats.connections_reused.get() + 1);
+        self.stats
+            .connections_reused
+            .set(self.stats.connections_reused.get() + 1);
         Some(connection)
     }
 
@@ -397,11 +435,17 @@ impl Shard {
             return;
         }
         let key = (domain.to_string(), addr);
-        self.idle.borrow_mut().entry(key).or_default().push((connection, Instant::now()));
+        self.idle
+            .borrow_mut()
+            .entry(key)
+            .or_default()
+            .push((connection, Instant::now()));
     }
 
     pub fn note_connection_opened(&self) {
-        self.stats.connections_opened.set(self.stats.connections_opened.get() + 1);
+        self.stats
+            .connections_opened
+            .set(self.stats.connections_opened.get() + 1);
     }
 
     /// Serves messages from the other cores; one task per peer.
@@ -414,8 +458,10 @@ impl Shard {
                         ShardMessage::Deliver(job) => shard.enqueue(job),
                         ShardMessage::Completed { id, recipients } => {
                             let shard = shard.clone();
-                            glommio::spawn_local(async move { shard.complete(id, recipients).await })
-                                .detach();
+                            glommio::spawn_local(
+                                async move { shard.complete(id, recipients).await },
+                            )
+                            .detach();
                         }
                     }
                 }
@@ -438,8 +484,9 @@ mod tests {
     fn owner_is_stable_and_case_insensitive() {
         assert_eq!(owner_of("Example.ORG", 4), owner_of("example.org", 4));
         assert_eq!(owner_of("example.org", 1), 0);
-        let spread: std::collections::HashSet<usize> =
-            (0..64).map(|i| owner_of(&format!("d{i}.example"), 4)).collect();
+        let spread: std::collections::HashSet<usize> = (0..64)
+            .map(|i| owner_of(&format!("d{i}.example"), 4))
+            .collect();
         assert_eq!(spread.len(), 4, "64 domains land on every one of 4 cores");
     }
 }
