@@ -19,7 +19,7 @@ use crate::egress::client::{ClientSettings, Connection};
 use crate::egress::delivery::{self, Fate};
 use crate::egress::dsn::{self, FailedRecipient};
 use crate::envelope::{Envelope, QueueId, mailbox_domain, unix_now};
-use crate::spool::{self, Spool, SpoolError};
+use crate::spool::{self, Relocated, Spool, SpoolError};
 use crate::tls::ClientTls;
 
 /// Work for a destination domain: some recipients of one message.
@@ -43,6 +43,8 @@ pub enum ShardMessage {
     Deliver(Job),
     /// Recipients finished (delivered or bounced) for a message in the receiving core's spool.
     Completed { id: QueueId, recipients: Vec<u32> },
+    /// Messages the sending core's spool copied forward: their bodies are now read at the new ids.
+    Relocated(Vec<Relocated>),
 }
 
 /// The core that owns a destination domain: FNV-1a of the domain, modulo the core count.
@@ -85,7 +87,16 @@ pub struct Shard {
     retries: RefCell<BTreeMap<(Instant, u64), Job>>,
     retry_sequence: Cell<u64>,
     idle: RefCell<HashMap<(String, SocketAddr), Vec<(Connection, Instant)>>>,
+    /// Old queue id -> new one, for messages a spool copied forward, and when it was learnt.
+    relocated: RefCell<HashMap<QueueId, (QueueId, Instant)>>,
 }
+
+/// How often each spool is offered a reclamation pass.
+const RECLAIM_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a relocation is remembered; far longer than a job takes between being read from a
+/// queue and reading its body.
+const RELOCATION_MEMORY: Duration = Duration::from_secs(3600);
 
 /// Everything a shard is built from.
 pub struct ShardParts {
@@ -123,6 +134,7 @@ impl Shard {
             retries: RefCell::default(),
             retry_sequence: Cell::new(0),
             idle: RefCell::default(),
+            relocated: RefCell::default(),
         })
     }
 
@@ -239,6 +251,7 @@ impl Shard {
     }
 
     async fn process(self: &Rc<Self>, mut job: Job) {
+        job.id = self.current_id(job.id);
         let body = match job.body.take() {
             Some(body) => body,
             None => match spool::read_message(&self.spool_dir, job.id).await {
@@ -380,12 +393,62 @@ impl Shard {
             .insert((Instant::now() + wait, sequence), job);
     }
 
-    /// Releases due retries and closes idle connections past their time; runs for the life of
-    /// the core.
+    /// Where a message's record is now, following the spool's copy-forward.
+    fn current_id(&self, id: QueueId) -> QueueId {
+        let relocated = self.relocated.borrow();
+        let mut current = id;
+        while let Some((next, _)) = relocated.get(&current) {
+            current = *next;
+        }
+        current
+    }
+
+    fn learn_relocations(&self, moves: &[Relocated]) {
+        let now = Instant::now();
+        let mut relocated = self.relocated.borrow_mut();
+        for m in moves {
+            relocated.insert(m.from, (m.to, now));
+        }
+    }
+
+    /// Offers every spool of this core a reclamation pass and tells every core about the
+    /// messages copied forward, before the next pass deletes their old segment.
+    async fn reclaim(self: &Rc<Self>) {
+        for spool in self.spools.values() {
+            let moves = spool.reclaim().await;
+            if moves.is_empty() {
+                continue;
+            }
+            tracing::info!(
+                core = self.index,
+                messages = moves.len(),
+                "spool copied messages forward"
+            );
+            self.learn_relocations(&moves);
+            for peer in (0..self.cores).filter(|&peer| peer != self.index) {
+                let message = ShardMessage::Relocated(moves.clone());
+                if self.senders.send_to(peer, message).await.is_err() {
+                    tracing::warn!(core = peer, "core is gone; relocation not passed on");
+                }
+            }
+        }
+        let now = Instant::now();
+        self.relocated
+            .borrow_mut()
+            .retain(|_, (_, learnt)| now.duration_since(*learnt) < RELOCATION_MEMORY);
+    }
+
+    /// Releases due retries, closes idle connections past their time and reclaims spool space;
+    /// runs for the life of the core.
     pub async fn tick(self: Rc<Self>) {
+        let mut last_reclaim = Instant::now();
         loop {
             glommio::timer::sleep(Duration::from_millis(500)).await;
             let now = Instant::now();
+            if now.duration_since(last_reclaim) >= RECLAIM_INTERVAL {
+                last_reclaim = now;
+                self.reclaim().await;
+            }
             let due: Vec<Job> = {
                 let mut retries = self.retries.borrow_mut();
                 let later = retries.split_off(&(now, u64::MAX));
@@ -463,6 +526,7 @@ impl Shard {
                             )
                             .detach();
                         }
+                        ShardMessage::Relocated(moves) => shard.learn_relocations(&moves),
                     }
                 }
             })
