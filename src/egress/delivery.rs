@@ -304,7 +304,10 @@ async fn open(
     };
     let first = Connection::open(addr, host, policy, &shard.client_tls, settings).await;
     let error = match first {
-        Ok(connection) => return Ok(connection),
+        Ok(connection) => {
+            shard.note_connection_opened();
+            return Ok(connection);
+        }
         Err(e) => e,
     };
 
@@ -315,9 +318,12 @@ async fn open(
         }
         (Mode::BestEffort, AttemptError::TlsHandshake(_) | AttemptError::TlsCertificate(_)) => {
             tracing::info!(host, %addr, %error, "TLS failed; retrying in plaintext (best effort)");
-            Connection::open(addr, host, TlsPolicy::Disabled, &shard.client_tls, settings)
-                .await
-                .map_err(|e| Miss::Transient(e.status(), format!("{here}: {e}")))
+            let connection =
+                Connection::open(addr, host, TlsPolicy::Disabled, &shard.client_tls, settings)
+                    .await
+                    .map_err(|e| Miss::Transient(e.status(), format!("{here}: {e}")))?;
+            shard.note_connection_opened();
+            Ok(connection)
         }
         (_, AttemptError::Greeting(reply)) if reply.is_permanent() => Err(Miss::Transient(
             Status::new(4, 4, 0),
