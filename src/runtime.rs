@@ -20,7 +20,7 @@ use crate::dns::Resolver;
 use crate::egress::shard::{Shard, ShardMessage, ShardParts};
 use crate::envelope::{Envelope, QueueId};
 use crate::smtp::server::{IngressContext, Intake, SubmitError};
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{Recovered, Spool, SpoolError};
 use crate::tls;
 
 /// Set by the signal thread; every core polls it.
@@ -58,7 +58,9 @@ fn init_logging(config: &Config) {
     let filter = std::env::var("SECMX_LOG").unwrap_or_else(|_| config.log.level.clone());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
     let _ = match config.log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -130,7 +132,11 @@ fn bind_listeners(config: &Config, cores: usize) -> Result<Vec<Vec<RawFd>>, Stri
     for listener in &config.listeners {
         let addr = listener.address;
         for fds in per_core.iter_mut() {
-            let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+            let domain = if addr.is_ipv6() {
+                Domain::IPV6
+            } else {
+                Domain::IPV4
+            };
             let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
                 .and_then(|s| {
                     if addr.is_ipv6() {
@@ -183,8 +189,11 @@ impl Intake for CoreIntake {
 }
 
 async fn run_core(startup: Startup) -> Result<(), String> {
-    let (senders, receivers) =
-        startup.mesh.join().await.map_err(|()| "cannot join the channel mesh".to_string())?;
+    let (senders, receivers) = startup
+        .mesh
+        .join()
+        .await
+        .map_err(|e| format!("cannot join the channel mesh: {e}"))?;
     let index = senders.peer_id();
     let config = Rc::new(startup.config);
     let spool_dir = config.data_dir.join("spool");
@@ -205,13 +214,17 @@ async fn run_core(startup: Startup) -> Result<(), String> {
     glommio::spawn_local(shard.clone().tick()).detach();
 
     let mut recovered_messages = 0;
-    for (message, spool_core) in recovered {
+    for message in recovered {
         recovered_messages += 1;
-        tracing::debug!(queue_id = %message.id, core = spool_core, "recovered");
+        tracing::debug!(queue_id = %message.id, "recovered");
         shard.route(message.id, message.envelope, None, &message.pending);
     }
     if recovered_messages > 0 {
-        tracing::info!(core = index, messages = recovered_messages, "queued mail recovered from the spool");
+        tracing::info!(
+            core = index,
+            messages = recovered_messages,
+            "queued mail recovered from the spool"
+        );
     }
 
     let ingress = IngressContext::new(config.clone(), startup.server_tls)
@@ -241,7 +254,11 @@ async fn run_core(startup: Startup) -> Result<(), String> {
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
     if ingress.active_sessions() > 0 {
-        tracing::warn!(core = index, sessions = ingress.active_sessions(), "abandoning sessions at the stop deadline; nothing they sent was acknowledged");
+        tracing::warn!(
+            core = index,
+            sessions = ingress.active_sessions(),
+            "abandoning sessions at the stop deadline; nothing they sent was acknowledged"
+        );
     }
     Ok(())
 }
@@ -253,7 +270,7 @@ async fn open_spools(
     index: usize,
     cores: usize,
     config: &Config,
-) -> Result<(HashMap<u16, Rc<Spool>>, Vec<(crate::spool::Recovered, u16)>), String> {
+) -> Result<(HashMap<u16, Rc<Spool>>, Vec<Recovered>), String> {
     let mut numbers: Vec<u16> = crate::spool::existing_cores(dir)
         .into_iter()
         .filter(|&core| core as usize % cores == index && core as usize != index)
@@ -266,7 +283,7 @@ async fn open_spools(
         let (spool, messages) = Spool::open(dir, core, &config.spool)
             .await
             .map_err(|e| format!("spool {}: cannot open core {core}: {e}", dir.display()))?;
-        recovered.extend(messages.into_iter().map(|m| (m, core)));
+        recovered.extend(messages);
         spools.insert(core, spool);
     }
     Ok((spools, recovered))

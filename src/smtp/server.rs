@@ -94,7 +94,12 @@ impl IngressContext {
         tls: Arc<rustls::ServerConfig>,
     ) -> Result<IngressContext, PolicyError> {
         let policy = RecipientPolicy::from_config(&config)?;
-        Ok(IngressContext { config, tls, policy, limits: Rc::default() })
+        Ok(IngressContext {
+            config,
+            tls,
+            policy,
+            limits: Rc::default(),
+        })
     }
 
     /// Sessions open on this core.

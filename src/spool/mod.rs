@@ -44,6 +44,7 @@ use tracing::{debug, info, warn};
 
 use self::codec::MessageHead;
 use self::commit::{Shared, Ticket};
+pub use self::segment::existing_cores;
 use crate::config;
 use crate::envelope::{Envelope, QueueId};
 use crate::smtp::reply::{Reply, Status};

@@ -32,6 +32,25 @@ pub(crate) fn segment_path(dir: &Path, core: u16, segment: u32) -> PathBuf {
     core_dir(dir, core).join(format!("{segment:08}.log"))
 }
 
+/// Core numbers that have a log directory under `dir`, ascending; none if `dir` is missing.
+pub fn existing_cores(dir: &Path) -> Vec<u16> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut cores: Vec<u16> = entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            let digits = name.to_str()?.strip_prefix("core-")?;
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            digits.parse().ok()
+        })
+        .collect();
+    cores.sort_unstable();
+    cores
+}
+
 /// The segment number a file name stands for, if it is a segment file.
 pub(crate) fn segment_number(file_name: &str) -> Option<u32> {
     let digits = file_name.strip_suffix(".log")?;

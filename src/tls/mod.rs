@@ -50,4 +50,3 @@ impl fmt::Display for TlsError {
 }
 
 impl std::error::Error for TlsError {}
-
