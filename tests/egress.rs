@@ -54,6 +54,54 @@ fn sos_delivers_over_verified_tls_to_the_srv_target_on_the_port_of_the_srv_recor
     sender.wait_for_event("delivered", "carol@b.test");
 }
 
+#[test]
+fn sos_does_not_deliver_to_an_srv_target_whose_certificate_names_another_host() {
+    let dir = TempDir::new("sos-wrong-name");
+    let ca = TestCa::new(dir.path());
+    let impostor = ca.issue("impostor.d.test");
+    let dns = Unbound::start(
+        dir.path(),
+        ip(11, 53),
+        &[
+            "_secmx._tcp.d.test. 300 IN SRV 10 10 2600 secmail.d.test.",
+            "secmail.d.test. 300 IN A 127.77.11.20",
+        ],
+    );
+    let mail_d = Maildir::new(&dir.join("mail-d"));
+    let receiver = Secmx::start(
+        dir.path(),
+        "receiver",
+        SecmxConfig::new("secmail.d.test", dns.address())
+            .listener(addr(11, 20, 2600), "sor")
+            .certificate(&impostor)
+            .maildir_domain("d.test", mail_d.root()),
+    );
+    let sender = Secmx::start(
+        dir.path(),
+        "sender",
+        SecmxConfig::new("gw.a.test", dns.address())
+            .listener(addr(11, 10, 2525), "ber")
+            .ca_file(ca.ca_file())
+            .set(&["outbound", "mode"], "secure-only"),
+    );
+
+    submit(
+        sender.address(),
+        "alice@a.test",
+        "erin@d.test",
+        "sos-name-mismatch",
+    );
+
+    // A failed certificate check is a deferral (4.7.x), retried until the queue lifetime ends.
+    let deferred = sender.wait_for_event("deferred", "erin@d.test");
+    assert!(deferred.contains("4.7."), "{deferred}");
+    assert!(
+        mail_d.messages("erin").is_empty(),
+        "{}",
+        receiver.log_tail()
+    );
+}
+
 /// `plain.test` has only an MX, served by smtp-sink, which offers no STARTTLS.
 fn plaintext_mx_zone(block: u8) -> Vec<String> {
     vec![
@@ -219,6 +267,7 @@ fn bes_prefers_srv_targets_over_the_mx_and_follows_srv_priorities_and_weights() 
         "heavy (weight 60): {heavy_count}, light (weight 40): {light_count}, \
          priority 20: {backup_count}, MX: {mx_count}"
     );
+    eprintln!("{summary}");
     assert_eq!(backup_count, 0, "{summary}");
     assert_eq!(mx_count, 0, "{summary}");
     assert_eq!(heavy_count + light_count, WEIGHTED_MESSAGES, "{summary}");

@@ -10,12 +10,24 @@ use std::time::Duration;
 
 use common::*;
 
-/// Where the corpus lives: `shared/cases` beside the repository root.
+/// Where the corpus lives: `$SECMX_CASES` if set, else `shared/cases` beside the repository root
+/// (`../shared/cases`), or beside one of its parent directories (a worktree checked out below the
+/// main one).
 fn corpus_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/cases");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = match std::env::var_os("SECMX_CASES") {
+        Some(dir) => PathBuf::from(dir),
+        None => manifest
+            .ancestors()
+            .skip(1)
+            .map(|a| a.join("shared/cases"))
+            .find(|d| d.is_dir())
+            .unwrap_or_else(|| manifest.join("../shared/cases")),
+    };
     assert!(
         dir.join("replay.py").is_file(),
-        "the replay corpus is missing: expected {} with replay.py and *.case files",
+        "the replay corpus is missing: expected {} with replay.py and *.case files \
+         (set SECMX_CASES to its directory)",
         dir.display()
     );
     dir
