@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use common::*;
 
-/// Where the corpus lives: `$SECMX_CASES` if set, else `shared/cases` beside the repository root
+/// Where the corpus lives: `$SECMX_CASES_DIR` if set, else `shared/cases` beside the repository root
 /// (`../shared/cases`), or beside one of its parent directories (a worktree checked out below the
 /// main one).
 fn corpus_dir() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = match std::env::var_os("SECMX_CASES") {
+    let dir = match std::env::var_os("SECMX_CASES_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => manifest
             .ancestors()
@@ -27,7 +27,7 @@ fn corpus_dir() -> PathBuf {
     assert!(
         dir.join("replay.py").is_file(),
         "the replay corpus is missing: expected {} with replay.py and *.case files \
-         (set SECMX_CASES to its directory)",
+         (set SECMX_CASES_DIR to its directory)",
         dir.display()
     );
     dir
