@@ -67,9 +67,11 @@ impl Script {
         self.arg("--reset-in-data", None)
     }
 
-    /// Misbehaves in the first `sessions` sessions only; behaves afterwards.
-    pub fn misbehave_sessions(self, sessions: usize) -> Script {
-        self.arg("--misbehave", Some(sessions.to_string()))
+    /// Misbehaves `times` times only, then behaves: the greeting in the first `times`
+    /// sessions, scripted replies and resets in the first `times` transactions (counted at
+    /// MAIL over all sessions, so a sender reusing its connection also sees the change).
+    pub fn misbehave_times(self, times: usize) -> Script {
+        self.arg("--misbehave", Some(times.to_string()))
     }
 }
 

@@ -16,8 +16,11 @@ address. Options:
   --reply STAGE=REPLY     answer STAGE (mail, rcpt, data, dot) with REPLY
   --rcpt-reply ADDR=REPLY answer RCPT TO:<ADDR> with REPLY
   --reset-in-data         reset the connection (TCP RST) after the first line of content
-  --misbehave N           the scripted misbehaviour above applies to the first N sessions
-                          only; later sessions behave (default: every session)
+  --misbehave N           the scripted misbehaviour applies N times only, then the receiver
+                          behaves: --greeting to the first N sessions, --reply, --rcpt-reply
+                          and --reset-in-data to the first N transactions (counted at MAIL,
+                          over all sessions, so a sender reusing a session sees the change)
+                          (default: always)
 
 The log gets one line per event, written and flushed as it happens: the event name, then
 `key=value` fields with percent-encoded values. Events: `ready` (listening), `connect`,
@@ -41,6 +44,7 @@ HANDSHAKE_FAILURE_ALERT = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])
 
 log_lock = threading.Lock()
 session_numbers = itertools.count(1)
+transaction_numbers = itertools.count(1)
 message_numbers = itertools.count(1)
 
 
@@ -106,8 +110,7 @@ class Session:
         local = connection.getsockname()
         self.local = f"{local[0]}:{local[1]}"
         self.number = next(session_numbers)
-        limit = settings.misbehave
-        self.misbehaving = limit is None or self.number <= limit
+        self.misbehaving = within_limit(settings, self.number)
         self.reader = connection.makefile("rb")
         self.tls_version = None
         self.sni = None
@@ -187,6 +190,7 @@ class Session:
         return None
 
     def on_mail(self, line):
+        self.misbehaving = within_limit(self.settings, next(transaction_numbers))
         reply = self.scripted("mail")
         if reply is not None:
             self.send(reply)
@@ -260,6 +264,10 @@ class Session:
     def on_quit(self, _line):
         self.send("221 2.0.0 bye")
         return False
+
+
+def within_limit(settings, number):
+    return settings.misbehave is None or number <= settings.misbehave
 
 
 def mailbox(line):
