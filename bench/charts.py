@@ -17,7 +17,7 @@ SYSTEMS = ("ceiling", "secmx", "postfix")
 FONT = "font-family='DejaVu Sans, Helvetica, Arial, sans-serif'"
 
 BAR, GAP, ROW_GAP = 13, 2, 16
-LABEL_W, LEFT_W, RATIO_W, RIGHT_W, MARGIN = 190, 420, 80, 210, 20
+LABEL_W, LEFT_W, RATIO_W, RIGHT_W, MARGIN = 190, 420, 80, 230, 20
 
 
 def row_label(entry):
@@ -40,9 +40,19 @@ def text(x, y, content, size=12, anchor="start", weight="normal", fill="#202124"
 
 
 def log_axis(values):
+    """From the decade below the smallest value to a little past the largest (room for the
+    number written after the longest bar)."""
     lo = min(v for v in values if v > 0)
-    hi = max(values)
-    return 10 ** math.floor(math.log10(lo)), 10 ** math.ceil(math.log10(hi) + 1e-9)
+    return 10 ** math.floor(math.log10(lo)), max(values) * 1.6
+
+
+def nice_step(span, ticks=3):
+    raw = span / ticks
+    magnitude = 10 ** math.floor(math.log10(raw))
+    for factor in (1, 2, 2.5, 5, 10):
+        if factor * magnitude >= raw:
+            return factor * magnitude
+    return 10 * magnitude
 
 
 def draw(result):
@@ -53,11 +63,12 @@ def draw(result):
     if not rates:
         raise SystemExit("no end-to-end rates in this result")
     lo, hi = log_axis(rates)
-    cpu_hi = max(cpus) * 1.15 if cpus else 1.0
+    cpu_step = nice_step(max(cpus)) if cpus else 1.0
+    cpu_hi = max(cpus) * 1.25 if cpus else 1.0
 
     top = 78
     group_h = lambda s: len([x for x in SYSTEMS if x in s]) * (BAR + GAP)  # noqa: E731
-    height = top + sum(group_h(s) + ROW_GAP for _, s in rows) + 40
+    height = top + sum(group_h(s) + ROW_GAP for _, s in rows) + 52
     left_x = MARGIN + LABEL_W
     right_x = left_x + LEFT_W + RATIO_W + 30
     width = right_x + RIGHT_W + MARGIN
@@ -75,7 +86,7 @@ def draw(result):
         text(left_x, top - 14, "end-to-end messages/s (log scale, higher is better)", 12,
              weight="bold"),
         text(left_x + LEFT_W + 4, top - 14, "secmx/Postfix", 11, fill="#5f6368"),
-        text(right_x, top - 14, "CPU s per 1,000 messages (lower is better)", 12,
+        text(right_x, top - 14, "CPU s / 1,000 msgs (lower is better)", 12,
              weight="bold"),
     ]
     legend_x = width - MARGIN - 3 * 80
@@ -86,7 +97,7 @@ def draw(result):
 
     scale = lambda v: left_x + LEFT_W * (math.log10(v) - math.log10(lo)) / (  # noqa: E731
         math.log10(hi) - math.log10(lo))
-    grid_bottom = height - 40
+    grid_bottom = height - 52
     decade = lo
     while decade <= hi * 1.0001:
         x = scale(decade)
@@ -94,12 +105,16 @@ def draw(result):
                    "stroke='#e0e0e0'/>")
         out.append(text(x, grid_bottom + 14, f"{decade:,.0f}", 10, "middle", fill="#5f6368"))
         decade *= 10
-    for frac in (0, 0.5, 1.0):
-        x = right_x + RIGHT_W * 0.8 * frac
+    tick = 0.0
+    while tick <= cpu_hi:
+        x = right_x + RIGHT_W * tick / cpu_hi
         out.append(f"<line x1='{x:.1f}' y1='{top - 6}' x2='{x:.1f}' y2='{grid_bottom}' "
                    "stroke='#e0e0e0'/>")
-        out.append(text(x, grid_bottom + 14, fmt(cpu_hi * frac) if frac else "0", 10,
-                        "middle", fill="#5f6368"))
+        out.append(text(x, grid_bottom + 14, f"{tick:g}", 10, "middle", fill="#5f6368"))
+        tick += cpu_step
+    out.append(text(MARGIN, height - 8, "Bars are medians. No ceiling for STARTTLS rows: "
+                    "smtp-sink has no TLS. Details and raw runs: the results file of this date "
+                    "in bench/results/.", 10, fill="#5f6368"))
 
     y = top
     for _, systems in rows:
@@ -119,7 +134,7 @@ def draw(result):
                 out.append(text(left_x + 4, y + BAR - 2, f"{system}: no result", 10,
                                 fill="#d93025"))
             if cpu:
-                w = max(1.0, RIGHT_W * 0.8 * cpu / cpu_hi)
+                w = max(1.0, RIGHT_W * cpu / cpu_hi)
                 out.append(f"<rect x='{right_x}' y='{y}' width='{w:.1f}' height='{BAR}' "
                            f"fill='{colour}'/>")
                 out.append(text(right_x + w + 4, y + BAR - 2, fmt(cpu), 10))

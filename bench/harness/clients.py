@@ -71,6 +71,7 @@ def smtp_source(registry, port, messages, sessions, size, reuse, workdir, timeou
         "failed": messages - accepted,
         "accept_s": run["finished"] - run["started"],
         "started": run["started"],
+        "finished": run["finished"],
         "p50_ms": None,
         "p99_ms": None,
         "client_cpu_s": run["cpu_s"],
@@ -94,7 +95,8 @@ def secmx_load(registry, binary, port, messages, sessions, size, starttls, reuse
         return {
             "client": "secmx-load", "argv": " ".join(map(str, argv)), "accepted": 0,
             "failed": messages, "accept_s": run["finished"] - run["started"],
-            "started": run["started"], "p50_ms": None, "p99_ms": None,
+            "started": run["started"], "finished": run["finished"],
+            "p50_ms": None, "p99_ms": None,
             "client_cpu_s": run["cpu_s"],
             "error": f"no summary (status {run['status']}): {run['stderr'].strip()[-300:]}",
         }
@@ -105,6 +107,7 @@ def secmx_load(registry, binary, port, messages, sessions, size, starttls, reuse
         "failed": summary["failed"],
         "accept_s": run["finished"] - run["started"],
         "started": run["started"],
+        "finished": run["finished"],
         "p50_ms": summary["p50_ms"],
         "p99_ms": summary["p99_ms"],
         "client_cpu_s": run["cpu_s"],
