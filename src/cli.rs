@@ -22,8 +22,13 @@ const EXIT_CONFIG: u8 = 2;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
-    Serve { config: Option<PathBuf>, data_dir: Option<PathBuf> },
-    CheckConfig { config: Option<PathBuf> },
+    Serve {
+        config: Option<PathBuf>,
+        data_dir: Option<PathBuf>,
+    },
+    CheckConfig {
+        config: Option<PathBuf>,
+    },
     Version,
     Help,
 }
@@ -37,7 +42,9 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     let mut rest = args[1..].iter();
     while let Some(arg) = rest.next() {
         let mut value = |name: &str| {
-            rest.next().map(PathBuf::from).ok_or_else(|| format!("{name} needs a value"))
+            rest.next()
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("{name} needs a value"))
         };
         match arg.as_str() {
             "--config" | "-c" => config = Some(value("--config")?),
@@ -55,17 +62,15 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
 }
 
 fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<Config, ExitCode> {
-    let mut loaded = match config {
-        Some(path) => Config::load(&path).map_err(|e| {
+    // A directory given on the command line is relative to the working directory.
+    let data_dir = data_dir.map(|dir| std::path::absolute(&dir).unwrap_or(dir));
+    match config {
+        Some(path) => Config::load(&path, data_dir.as_deref()).map_err(|e| {
             eprintln!("secmx: configuration error: {e}");
             ExitCode::from(EXIT_CONFIG)
-        })?,
-        None => Config::embedded_default(),
-    };
-    if let Some(dir) = data_dir {
-        loaded.data_dir = dir;
+        }),
+        None => Ok(Config::embedded_default_with(data_dir.as_deref())),
     }
-    Ok(loaded)
 }
 
 /// Runs the command line; the process exit status comes from here.
@@ -115,7 +120,10 @@ mod tests {
         let parsed = parse_args(&args(&["serve", "--config", "a.toml", "--data-dir", "/d"]));
         assert_eq!(
             parsed,
-            Ok(Command::Serve { config: Some("a.toml".into()), data_dir: Some("/d".into()) })
+            Ok(Command::Serve {
+                config: Some("a.toml".into()),
+                data_dir: Some("/d".into())
+            })
         );
     }
 

@@ -58,7 +58,9 @@ fn init_logging(config: &Config) {
     let filter = std::env::var("SECMX_LOG").unwrap_or_else(|_| config.log.level.clone());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
     let _ = match config.log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -130,7 +132,11 @@ fn bind_listeners(config: &Config, cores: usize) -> Result<Vec<Vec<RawFd>>, Stri
     for listener in &config.listeners {
         let addr = listener.address;
         for fds in per_core.iter_mut() {
-            let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+            let domain = if addr.is_ipv6() {
+                Domain::IPV6
+            } else {
+                Domain::IPV4
+            };
             let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
                 .and_then(|s| {
                     if addr.is_ipv6() {
@@ -183,8 +189,11 @@ impl Intake for CoreIntake {
 }
 
 async fn run_core(startup: Startup) -> Result<(), String> {
-    let (senders, receivers) =
-        startup.mesh.join().await.map_err(|()| "cannot join the channel mesh".to_string())?;
+    let (senders, receivers) = startup
+        .mesh
+        .join()
+        .await
+        .map_err(|e| format!("cannot join the channel mesh: {e}"))?;
     let index = senders.peer_id();
     let config = Rc::new(startup.config);
     let spool_dir = config.data_dir.join("spool");
@@ -211,10 +220,16 @@ async fn run_core(startup: Startup) -> Result<(), String> {
         shard.route(message.id, message.envelope, None, &message.pending);
     }
     if recovered_messages > 0 {
-        tracing::info!(core = index, messages = recovered_messages, "queued mail recovered from the spool");
+        tracing::info!(
+            core = index,
+            messages = recovered_messages,
+            "queued mail recovered from the spool"
+        );
     }
 
-    let ingress = Rc::new(IngressContext::new(config.clone(), startup.server_tls));
+    let ingress = IngressContext::new(config.clone(), startup.server_tls)
+        .map_err(|e| format!("recipients file: {e}"))?;
+    let ingress = Rc::new(ingress);
     let intake = Rc::new(CoreIntake(shard.clone()));
     let mut accept_loops = Vec::new();
     for (listener, &fd) in config.listeners.iter().zip(&startup.listener_fds[index]) {
@@ -239,7 +254,11 @@ async fn run_core(startup: Startup) -> Result<(), String> {
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
     if ingress.active_sessions() > 0 {
-        tracing::warn!(core = index, sessions = ingress.active_sessions(), "abandoning sessions at the stop deadline; nothing they sent was acknowledged");
+        tracing::warn!(
+            core = index,
+            sessions = ingress.active_sessions(),
+            "abandoning sessions at the stop deadline; nothing they sent was acknowledged"
+        );
     }
     Ok(())
 }

@@ -15,9 +15,19 @@ use crate::smtp::reply::Status;
 /// What became of one recipient in one attempt.
 #[derive(Debug, Clone)]
 pub enum Fate {
-    Delivered { host: String, reply: String },
-    Deferred { status: Status, reason: String },
-    Bounced { status: Status, reason: String, remote_mta: Option<String> },
+    Delivered {
+        host: String,
+        reply: String,
+    },
+    Deferred {
+        status: Status,
+        reason: String,
+    },
+    Bounced {
+        status: Status,
+        reason: String,
+        remote_mta: Option<String>,
+    },
 }
 
 /// The outcome of an attempt, one fate per recipient index of the job.
@@ -32,7 +42,11 @@ pub struct Attempt {
 impl Attempt {
     fn all(job: &Job, fate: Fate) -> Attempt {
         let fates = job.recipients.iter().map(|&i| (i, fate.clone())).collect();
-        Attempt { fates, tls: "none".into(), peer: None }
+        Attempt {
+            fates,
+            tls: "none".into(),
+            peer: None,
+        }
     }
 }
 
@@ -47,7 +61,11 @@ enum Miss {
 /// Runs one attempt for `job` with the message `body`.
 pub async fn attempt(shard: &Rc<Shard>, job: &Job, body: &[u8]) -> Attempt {
     let domain = job.domain.as_str();
-    match shard.config.route(domain).and_then(|r| r.destination.clone()) {
+    match shard
+        .config
+        .route(domain)
+        .and_then(|r| r.destination.clone())
+    {
         Some(Destination::Maildir(root)) => deliver_to_maildir(job, &root, body).await,
         Some(Destination::NextHop(next_hop)) => {
             let candidates = match next_hop_candidate(shard, &next_hop).await {
@@ -56,14 +74,24 @@ pub async fn attempt(shard: &Rc<Shard>, job: &Job, body: &[u8]) -> Attempt {
             };
             walk(shard, job, body, candidates).await
         }
-        None => match discovery::discover(&shard.resolver, domain, shard.config.outbound.smtp_port).await {
+        None => match discovery::discover(&shard.resolver, domain, shard.config.outbound.smtp_port)
+            .await
+        {
             Ok(found) => walk(shard, job, body, found.candidates).await,
-            Err(e) if e.status().class == 4 => {
-                Attempt::all(job, Fate::Deferred { status: e.status(), reason: e.to_string() })
-            }
+            Err(e) if e.status().class == 4 => Attempt::all(
+                job,
+                Fate::Deferred {
+                    status: e.status(),
+                    reason: e.to_string(),
+                },
+            ),
             Err(e) => Attempt::all(
                 job,
-                Fate::Bounced { status: e.status(), reason: e.to_string(), remote_mta: None },
+                Fate::Bounced {
+                    status: e.status(),
+                    reason: e.to_string(),
+                    remote_mta: None,
+                },
             ),
         },
     }
@@ -74,7 +102,10 @@ async fn deliver_to_maildir(job: &Job, root: &std::path::Path, body: &[u8]) -> A
     for &index in &job.recipients {
         let recipient = &job.envelope.recipients[index as usize];
         let fate = match maildir::deliver(root, recipient, &job.envelope, body).await {
-            Ok(path) => Fate::Delivered { host: "maildir".into(), reply: path.display().to_string() },
+            Ok(path) => Fate::Delivered {
+                host: "maildir".into(),
+                reply: path.display().to_string(),
+            },
             Err(e) => Fate::Deferred {
                 status: Status::new(4, 3, 0),
                 reason: format!("cannot write to Maildir {}: {e}", root.display()),
@@ -82,7 +113,11 @@ async fn deliver_to_maildir(job: &Job, root: &std::path::Path, body: &[u8]) -> A
         };
         fates.push((index, fate));
     }
-    Attempt { fates, tls: "none".into(), peer: None }
+    Attempt {
+        fates,
+        tls: "none".into(),
+        peer: None,
+    }
 }
 
 async fn next_hop_candidate(shard: &Rc<Shard>, next_hop: &str) -> Result<Candidate, Fate> {
@@ -157,7 +192,10 @@ fn conclude(job: &Job, mode: Mode, misses: Vec<Miss>) -> Attempt {
             job,
             Fate::Bounced {
                 status: Status::new(5, 7, 10),
-                reason: format!("no receiver for {} offers TLS (secure-only): {reason}", job.domain),
+                reason: format!(
+                    "no receiver for {} offers TLS (secure-only): {reason}",
+                    job.domain
+                ),
                 remote_mta: None,
             },
         );
@@ -185,11 +223,19 @@ async fn try_address(
         None => open(shard, candidate, addr, mode).await?,
     };
 
-    let recipients: Vec<String> =
-        job.recipients.iter().map(|&i| job.envelope.recipients[i as usize].clone()).collect();
-    let tls = connection.tls().map_or_else(|| "none".to_string(), |t| t.to_string());
+    let recipients: Vec<String> = job
+        .recipients
+        .iter()
+        .map(|&i| job.envelope.recipients[i as usize].clone())
+        .collect();
+    let tls = connection
+        .tls()
+        .map_or_else(|| "none".to_string(), |t| t.to_string());
     let remote_mta = candidate.host.clone();
-    match connection.send(&job.envelope.reverse_path, &recipients, body).await {
+    match connection
+        .send(&job.envelope.reverse_path, &recipients, body)
+        .await
+    {
         Ok(results) => {
             let fates = job
                 .recipients
@@ -198,7 +244,11 @@ async fn try_address(
                 .map(|(&index, result)| (index, recipient_fate(result, &remote_mta)))
                 .collect();
             shard.put_idle(&job.domain, addr, connection);
-            Ok(Attempt { fates, tls, peer: Some((remote_mta, addr)) })
+            Ok(Attempt {
+                fates,
+                tls,
+                peer: Some((remote_mta, addr)),
+            })
         }
         Err(AttemptError::Rejected { stage, reply }) if reply.is_permanent() => {
             let reason = format!("{remote_mta} [{addr}] refused {stage}: {reply}");
@@ -213,15 +263,19 @@ async fn try_address(
             attempt.peer = Some((remote_mta, addr));
             Ok(attempt)
         }
-        Err(e) => Err(Miss::Transient(e.status(), format!("{remote_mta} [{addr}]: {e}"))),
+        Err(e) => Err(Miss::Transient(
+            e.status(),
+            format!("{remote_mta} [{addr}]: {e}"),
+        )),
     }
 }
 
 fn recipient_fate(result: RecipientResult, remote_mta: &str) -> Fate {
     match result {
-        RecipientResult::Accepted(reply) => {
-            Fate::Delivered { host: remote_mta.to_string(), reply: reply.to_string() }
-        }
+        RecipientResult::Accepted(reply) => Fate::Delivered {
+            host: remote_mta.to_string(),
+            reply: reply.to_string(),
+        },
         RecipientResult::Transient(reply) => Fate::Deferred {
             status: reply.status_or_default(),
             reason: format!("{remote_mta} said: {reply}"),
@@ -250,22 +304,31 @@ async fn open(
     };
     let first = Connection::open(addr, host, policy, &shard.client_tls, settings).await;
     let error = match first {
-        Ok(connection) => return Ok(connection),
+        Ok(connection) => {
+            shard.note_connection_opened();
+            return Ok(connection);
+        }
         Err(e) => e,
     };
 
     let here = format!("{host} [{addr}]");
     match (mode, &error) {
-        (Mode::SecureOnly, AttemptError::NoStartTls) => Err(Miss::Insecure(format!("{here}: {error}"))),
+        (Mode::SecureOnly, AttemptError::NoStartTls) => {
+            Err(Miss::Insecure(format!("{here}: {error}")))
+        }
         (Mode::BestEffort, AttemptError::TlsHandshake(_) | AttemptError::TlsCertificate(_)) => {
             tracing::info!(host, %addr, %error, "TLS failed; retrying in plaintext (best effort)");
-            Connection::open(addr, host, TlsPolicy::Disabled, &shard.client_tls, settings)
-                .await
-                .map_err(|e| Miss::Transient(e.status(), format!("{here}: {e}")))
+            let connection =
+                Connection::open(addr, host, TlsPolicy::Disabled, &shard.client_tls, settings)
+                    .await
+                    .map_err(|e| Miss::Transient(e.status(), format!("{here}: {e}")))?;
+            shard.note_connection_opened();
+            Ok(connection)
         }
-        (_, AttemptError::Greeting(reply)) if reply.is_permanent() => {
-            Err(Miss::Transient(Status::new(4, 4, 0), format!("{here} refused the session: {reply}")))
-        }
+        (_, AttemptError::Greeting(reply)) if reply.is_permanent() => Err(Miss::Transient(
+            Status::new(4, 4, 0),
+            format!("{here} refused the session: {reply}"),
+        )),
         _ => Err(Miss::Transient(error.status(), format!("{here}: {error}"))),
     }
 }

@@ -19,7 +19,7 @@ use crate::egress::client::{ClientSettings, Connection};
 use crate::egress::delivery::{self, Fate};
 use crate::egress::dsn::{self, FailedRecipient};
 use crate::envelope::{Envelope, QueueId, mailbox_domain, unix_now};
-use crate::spool::{self, Spool, SpoolError};
+use crate::spool::{self, Relocated, Spool, SpoolError};
 use crate::tls::ClientTls;
 
 /// Work for a destination domain: some recipients of one message.
@@ -43,6 +43,8 @@ pub enum ShardMessage {
     Deliver(Job),
     /// Recipients finished (delivered or bounced) for a message in the receiving core's spool.
     Completed { id: QueueId, recipients: Vec<u32> },
+    /// Messages the sending core's spool copied forward: their bodies are now read at the new ids.
+    Relocated(Vec<Relocated>),
 }
 
 /// The core that owns a destination domain: FNV-1a of the domain, modulo the core count.
@@ -85,7 +87,16 @@ pub struct Shard {
     retries: RefCell<BTreeMap<(Instant, u64), Job>>,
     retry_sequence: Cell<u64>,
     idle: RefCell<HashMap<(String, SocketAddr), Vec<(Connection, Instant)>>>,
+    /// Old queue id -> new one, for messages a spool copied forward, and when it was learnt.
+    relocated: RefCell<HashMap<QueueId, (QueueId, Instant)>>,
 }
+
+/// How often each spool is offered a reclamation pass.
+const RECLAIM_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a relocation is remembered; far longer than a job takes between being read from a
+/// queue and reading its body.
+const RELOCATION_MEMORY: Duration = Duration::from_secs(3600);
 
 /// Everything a shard is built from.
 pub struct ShardParts {
@@ -123,6 +134,7 @@ impl Shard {
             retries: RefCell::default(),
             retry_sequence: Cell::new(0),
             idle: RefCell::default(),
+            relocated: RefCell::default(),
         })
     }
 
@@ -145,7 +157,13 @@ impl Shard {
 
     /// Splits a message's pending recipients by destination domain and hands each part to the
     /// shard owning that domain.
-    pub fn route(self: &Rc<Self>, id: QueueId, envelope: Envelope, body: Option<Bytes>, pending: &[u32]) {
+    pub fn route(
+        self: &Rc<Self>,
+        id: QueueId,
+        envelope: Envelope,
+        body: Option<Bytes>,
+        pending: &[u32],
+    ) {
         let mut by_domain: Vec<(String, Vec<u32>)> = Vec::new();
         for &index in pending {
             let domain = mailbox_domain(&envelope.recipients[index as usize]);
@@ -175,8 +193,16 @@ impl Shard {
         }
         let shard = self.clone();
         glommio::spawn_local(async move {
-            if shard.senders.send_to(owner, ShardMessage::Deliver(job)).await.is_err() {
-                tracing::warn!(core = owner, "core is gone; the job stays queued until restart");
+            if shard
+                .senders
+                .send_to(owner, ShardMessage::Deliver(job))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    core = owner,
+                    "core is gone; the job stays queued until restart"
+                );
             }
         })
         .detach();
@@ -206,7 +232,9 @@ impl Shard {
         loop {
             let job = {
                 let mut queues = self.queues.borrow_mut();
-                let queue = queues.get_mut(&domain).expect("a worker's domain has a queue");
+                let queue = queues
+                    .get_mut(&domain)
+                    .expect("a worker's domain has a queue");
                 match queue.jobs.pop_front() {
                     Some(job) => job,
                     None => {
@@ -223,6 +251,7 @@ impl Shard {
     }
 
     async fn process(self: &Rc<Self>, mut job: Job) {
+        job.id = self.current_id(job.id);
         let body = match job.body.take() {
             Some(body) => body,
             None => match spool::read_message(&self.spool_dir, job.id).await {
@@ -238,7 +267,10 @@ impl Shard {
         let started = Instant::now();
         let attempt = delivery::attempt(self, &job, &body).await;
         let tls = attempt.tls.as_str();
-        let peer = attempt.peer.as_ref().map_or_else(String::new, |(h, a)| format!("{h}[{a}]"));
+        let peer = attempt
+            .peer
+            .as_ref()
+            .map_or_else(String::new, |(h, a)| format!("{h}[{a}]"));
         let delay = unix_now().saturating_sub(job.envelope.received_at);
 
         let mut finished = Vec::new();
@@ -265,7 +297,11 @@ impl Shard {
                     tracing::warn!(queue_id = %job.id, recipient, peer, tls, %status, reason, delay, attempts = job.attempts + 1, "deferred");
                     deferred.push(index);
                 }
-                Fate::Bounced { status, reason, remote_mta } => {
+                Fate::Bounced {
+                    status,
+                    reason,
+                    remote_mta,
+                } => {
                     self.stats.bounced.set(self.stats.bounced.get() + 1);
                     tracing::warn!(queue_id = %job.id, recipient, peer, tls, %status, reason, delay, "bounced");
                     failed.push(FailedRecipient {
@@ -301,8 +337,13 @@ impl Shard {
 
     /// Queues a DSN for the failed recipients; false if it could not be stored.
     async fn bounce(self: &Rc<Self>, job: &Job, body: &[u8], failed: &[FailedRecipient]) -> bool {
-        let Some((envelope, report)) = dsn::compose(&self.config.hostname, &job.envelope, body, failed, unix_now())
-        else {
+        let Some((envelope, report)) = dsn::compose(
+            &self.config.hostname,
+            &job.envelope,
+            body,
+            failed,
+            unix_now(),
+        ) else {
             tracing::info!(queue_id = %job.id, "no DSN for the null reverse-path");
             return true;
         };
@@ -341,22 +382,79 @@ impl Shard {
     fn schedule_retry(&self, job: Job) {
         let outbound = &self.config.outbound;
         let exponent = job.attempts.saturating_sub(1).min(16);
-        let wait = outbound.retry_initial.saturating_mul(1 << exponent).min(outbound.retry_max);
+        let wait = outbound
+            .retry_initial
+            .saturating_mul(1 << exponent)
+            .min(outbound.retry_max);
         let sequence = self.retry_sequence.get();
         self.retry_sequence.set(sequence + 1);
-        self.retries.borrow_mut().insert((Instant::now() + wait, sequence), job);
+        self.retries
+            .borrow_mut()
+            .insert((Instant::now() + wait, sequence), job);
     }
 
-    /// Releases due retries and closes idle connections past their time; runs for the life of
-    /// the core.
+    /// Where a message's record is now, following the spool's copy-forward.
+    fn current_id(&self, id: QueueId) -> QueueId {
+        let relocated = self.relocated.borrow();
+        let mut current = id;
+        while let Some((next, _)) = relocated.get(&current) {
+            current = *next;
+        }
+        current
+    }
+
+    fn learn_relocations(&self, moves: &[Relocated]) {
+        let now = Instant::now();
+        let mut relocated = self.relocated.borrow_mut();
+        for m in moves {
+            relocated.insert(m.from, (m.to, now));
+        }
+    }
+
+    /// Offers every spool of this core a reclamation pass and tells every core about the
+    /// messages copied forward, before the next pass deletes their old segment.
+    async fn reclaim(self: &Rc<Self>) {
+        for spool in self.spools.values() {
+            let moves = spool.reclaim().await;
+            if moves.is_empty() {
+                continue;
+            }
+            tracing::info!(
+                core = self.index,
+                messages = moves.len(),
+                "spool copied messages forward"
+            );
+            self.learn_relocations(&moves);
+            for peer in (0..self.cores).filter(|&peer| peer != self.index) {
+                let message = ShardMessage::Relocated(moves.clone());
+                if self.senders.send_to(peer, message).await.is_err() {
+                    tracing::warn!(core = peer, "core is gone; relocation not passed on");
+                }
+            }
+        }
+        let now = Instant::now();
+        self.relocated
+            .borrow_mut()
+            .retain(|_, (_, learnt)| now.duration_since(*learnt) < RELOCATION_MEMORY);
+    }
+
+    /// Releases due retries, closes idle connections past their time and reclaims spool space;
+    /// runs for the life of the core.
     pub async fn tick(self: Rc<Self>) {
+        let mut last_reclaim = Instant::now();
         loop {
             glommio::timer::sleep(Duration::from_millis(500)).await;
             let now = Instant::now();
+            if now.duration_since(last_reclaim) >= RECLAIM_INTERVAL {
+                last_reclaim = now;
+                self.reclaim().await;
+            }
             let due: Vec<Job> = {
                 let mut retries = self.retries.borrow_mut();
                 let later = retries.split_off(&(now, u64::MAX));
-                std::mem::replace(&mut *retries, later).into_values().collect()
+                std::mem::replace(&mut *retries, later)
+                    .into_values()
+                    .collect()
             };
             for job in due {
                 self.enqueue(job);
@@ -369,8 +467,9 @@ impl Shard {
         let idle_timeout = self.config.outbound.idle_timeout;
         let mut expired = Vec::new();
         self.idle.borrow_mut().retain(|_, list| {
-            let (old, fresh): (Vec<_>, Vec<_>) =
-                list.drain(..).partition(|(_, since)| now.duration_since(*since) >= idle_timeout);
+            let (old, fresh): (Vec<_>, Vec<_>) = list
+                .drain(..)
+                .partition(|(_, since)| now.duration_since(*since) >= idle_timeout);
             expired.extend(old.into_iter().map(|(c, _)| c));
             *list = fresh;
             !list.is_empty()
@@ -385,7 +484,9 @@ impl Shard {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&(domain.to_string(), addr))?;
         let (connection, _) = list.pop()?;
-        self.stats.connections_reused.set(self.stats.connections_reused.get() + 1);
+        self.stats
+            .connections_reused
+            .set(self.stats.connections_reused.get() + 1);
         Some(connection)
     }
 
@@ -397,11 +498,17 @@ impl Shard {
             return;
         }
         let key = (domain.to_string(), addr);
-        self.idle.borrow_mut().entry(key).or_default().push((connection, Instant::now()));
+        self.idle
+            .borrow_mut()
+            .entry(key)
+            .or_default()
+            .push((connection, Instant::now()));
     }
 
     pub fn note_connection_opened(&self) {
-        self.stats.connections_opened.set(self.stats.connections_opened.get() + 1);
+        self.stats
+            .connections_opened
+            .set(self.stats.connections_opened.get() + 1);
     }
 
     /// Serves messages from the other cores; one task per peer.
@@ -414,9 +521,12 @@ impl Shard {
                         ShardMessage::Deliver(job) => shard.enqueue(job),
                         ShardMessage::Completed { id, recipients } => {
                             let shard = shard.clone();
-                            glommio::spawn_local(async move { shard.complete(id, recipients).await })
-                                .detach();
+                            glommio::spawn_local(
+                                async move { shard.complete(id, recipients).await },
+                            )
+                            .detach();
                         }
+                        ShardMessage::Relocated(moves) => shard.learn_relocations(&moves),
                     }
                 }
             })
@@ -438,8 +548,9 @@ mod tests {
     fn owner_is_stable_and_case_insensitive() {
         assert_eq!(owner_of("Example.ORG", 4), owner_of("example.org", 4));
         assert_eq!(owner_of("example.org", 1), 0);
-        let spread: std::collections::HashSet<usize> =
-            (0..64).map(|i| owner_of(&format!("d{i}.example"), 4)).collect();
+        let spread: std::collections::HashSet<usize> = (0..64)
+            .map(|i| owner_of(&format!("d{i}.example"), 4))
+            .collect();
         assert_eq!(spread.len(), 4, "64 domains land on every one of 4 cores");
     }
 }

@@ -1,6 +1,4 @@
-//! TLS configuration through rustls (ring provider), both directions.
-//!
-//! Server side: the configured certificate chain and key, or a self-signed ECDSA P-256
+//! Server side of TLS (STARTTLS on the listeners, RFC 3207): the configured certificate chain and key, or a self-signed ECDSA P-256
 //! certificate generated into `data_dir/tls/` on first start and reused afterwards.
 
 use std::fmt;
@@ -8,26 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::ServerConfig;
+
+use super::TlsError;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// A TLS setup error, naming the file it concerns.
-#[derive(Debug)]
-pub struct TlsError {
-    pub path: PathBuf,
-    pub problem: String,
-}
-
-impl fmt::Display for TlsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.problem)
-    }
-}
-
-impl std::error::Error for TlsError {}
-
 fn tls_error(path: &Path, problem: impl fmt::Display) -> TlsError {
-    TlsError { path: path.to_path_buf(), problem: problem.to_string() }
+    TlsError::File {
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    }
 }
 
 /// Where the server's certificate and key come from.
@@ -63,7 +51,11 @@ pub fn server_identity(
             "generated a self-signed certificate; set tls.certificate and tls.private_key for production"
         );
     }
-    Ok(ServerIdentity { certificate, private_key, self_signed: true })
+    Ok(ServerIdentity {
+        certificate,
+        private_key,
+        self_signed: true,
+    })
 }
 
 fn generate_self_signed(
@@ -79,7 +71,11 @@ fn generate_self_signed(
 
     // The key is written first and the certificate last, so a crash between the two leaves no
     // certificate without its key; both go through a temporary name and a rename.
-    write_atomically(private_key, generated.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write_atomically(
+        private_key,
+        generated.signing_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     write_atomically(certificate, generated.cert.pem().as_bytes(), 0o644)
 }
 
@@ -98,7 +94,8 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsEr
     file.write_all(contents)
         .and_then(|()| file.sync_all())
         .map_err(|e| tls_error(&tmp, format!("cannot write: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| tls_error(path, format!("cannot rename into place: {e}")))
+    std::fs::rename(&tmp, path)
+        .map_err(|e| tls_error(path, format!("cannot rename into place: {e}")))
 }
 
 /// Reads every certificate in a PEM file.
@@ -116,8 +113,12 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 /// Builds the server configuration used by every listener for STARTTLS.
 pub fn server_config(identity: &ServerIdentity) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = load_certificates(&identity.certificate)?;
-    let key = PrivateKeyDer::from_pem_file(&identity.private_key)
-        .map_err(|e| tls_error(&identity.private_key, format!("cannot read the private key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_file(&identity.private_key).map_err(|e| {
+        tls_error(
+            &identity.private_key,
+            format!("cannot read the private key: {e}"),
+        )
+    })?;
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -125,7 +126,12 @@ pub fn server_config(identity: &ServerIdentity) -> Result<Arc<ServerConfig>, Tls
         .map_err(|e| tls_error(&identity.certificate, e))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| tls_error(&identity.certificate, format!("certificate and key do not fit: {e}")))?;
+        .map_err(|e| {
+            tls_error(
+                &identity.certificate,
+                format!("certificate and key do not fit: {e}"),
+            )
+        })?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     Ok(Arc::new(config))
 }
@@ -163,6 +169,9 @@ mod tests {
             self_signed: false,
         };
         let err = server_config(&identity).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/cert.pem"), "{err}");
+        assert!(
+            err.to_string().starts_with("/nonexistent/cert.pem"),
+            "{err}"
+        );
     }
 }
