@@ -27,7 +27,7 @@ REPO = os.path.dirname(HERE)
 
 def default_messages(size, sessions):
     """Enough messages for a run of several seconds through a durable MTA on a small machine."""
-    base = 2000 if size <= 4096 else 500
+    base = 1000 if size <= 4096 else 300
     return base * (5 if sessions > 1 else 1)
 
 
@@ -155,6 +155,7 @@ def main(argv):
 
     def cleanup():
         registry.stop_all()
+        systems.stop_stray_postfix(workdir)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -32,6 +32,8 @@ class Sink:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         procs.wait_port(port, 10, proc=self.proc)
+        # That readiness probe was a session too; it is not counted as the sender's.
+        self.probe_sessions = 1
 
     def _read(self):
         pending = b""
@@ -73,7 +75,7 @@ class Sink:
                     break
             time.sleep(0.05)
         with self._changed:
-            return self.sessions, self.messages
+            return max(0, self.sessions - self.probe_sessions), self.messages
 
     def stop(self):
         self._registry.stop(self.proc)

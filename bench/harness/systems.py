@@ -267,6 +267,22 @@ class Postfix:
         return None
 
 
+def stop_stray_postfix(workdir):
+    """Stops any private Postfix master still running from `workdir` (one whose start was
+    interrupted before its pid was known)."""
+    for root, _dirs, files in os.walk(workdir):
+        if root.endswith(os.path.join("queue", "pid")) and "master.pid" in files:
+            try:
+                with open(os.path.join(root, "master.pid")) as f:
+                    pid = int(f.read().strip())
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    is_master = b"master" in f.read()
+            except (OSError, ValueError):
+                continue
+            if is_master and procs.alive(pid):
+                procs.stop_daemon(pid, postfix_workers)
+
+
 def make_tls_pair(registry, directory):
     """An ECDSA P-256 self-signed certificate for both MTAs' STARTTLS."""
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
