@@ -20,7 +20,7 @@ use crate::dns::Resolver;
 use crate::egress::shard::{Shard, ShardMessage, ShardParts};
 use crate::envelope::{Envelope, QueueId};
 use crate::smtp::server::{IngressContext, Intake, SubmitError};
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{Recovered, Spool, SpoolError};
 use crate::tls;
 
 /// Set by the signal thread; every core polls it.
@@ -214,9 +214,9 @@ async fn run_core(startup: Startup) -> Result<(), String> {
     glommio::spawn_local(shard.clone().tick()).detach();
 
     let mut recovered_messages = 0;
-    for (message, spool_core) in recovered {
+    for message in recovered {
         recovered_messages += 1;
-        tracing::debug!(queue_id = %message.id, core = spool_core, "recovered");
+        tracing::debug!(queue_id = %message.id, "recovered");
         shard.route(message.id, message.envelope, None, &message.pending);
     }
     if recovered_messages > 0 {
@@ -270,7 +270,7 @@ async fn open_spools(
     index: usize,
     cores: usize,
     config: &Config,
-) -> Result<(HashMap<u16, Rc<Spool>>, Vec<(crate::spool::Recovered, u16)>), String> {
+) -> Result<(HashMap<u16, Rc<Spool>>, Vec<Recovered>), String> {
     let mut numbers: Vec<u16> = crate::spool::existing_cores(dir)
         .into_iter()
         .filter(|&core| core as usize % cores == index && core as usize != index)
@@ -283,7 +283,7 @@ async fn open_spools(
         let (spool, messages) = Spool::open(dir, core, &config.spool)
             .await
             .map_err(|e| format!("spool {}: cannot open core {core}: {e}", dir.display()))?;
-        recovered.extend(messages.into_iter().map(|m| (m, core)));
+        recovered.extend(messages);
         spools.insert(core, spool);
     }
     Ok((spools, recovered))

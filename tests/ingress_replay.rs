@@ -18,7 +18,6 @@ use glommio::{LocalExecutorBuilder, Placement};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use secmx::config::{Config, Role};
 use secmx::envelope::{Envelope, QueueId};
-use secmx::smtp::policy::RecipientPolicy;
 use secmx::smtp::server::{IngressContext, Intake, SubmitError, serve_listener};
 
 /// Keeps messages in memory, numbered in arrival order.

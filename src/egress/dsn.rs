@@ -7,6 +7,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 
+use crate::date::rfc5322_date;
 use crate::envelope::Envelope;
 use crate::smtp::reply::Status;
 
@@ -117,7 +118,7 @@ fn write_top_headers(
     );
     field("To", &format!("<{}>", single_line(&original.reverse_path)));
     field("Subject", "Undelivered Mail Returned to Sender");
-    field("Date", &format_date(now_unix));
+    field("Date", &rfc5322_date(now_unix));
     field(
         "Message-ID",
         &format!("<dsn.{now_unix}.{digest:016x}@{hostname}>"),
@@ -169,7 +170,7 @@ fn delivery_status(hostname: &str, original: &Envelope, failed: &[FailedRecipien
     fold_field(
         &mut report,
         "Arrival-Date",
-        &format_date(original.received_at),
+        &rfc5322_date(original.received_at),
     );
     for failure in failed {
         report.push_str("\r\n");
@@ -302,45 +303,6 @@ fn boundary(digest: u64, parts: &[&[u8]]) -> String {
         }
         salt += 1;
     }
-}
-
-/// Formats seconds since the Unix epoch as an RFC 5322 date-time in UTC (section 3.3), e.g.
-/// `Thu, 04 Dec 2025 17:58:43 +0000`.
-pub fn format_date(unix: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix / 86_400;
-    let seconds = unix % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        MONTHS[month as usize - 1],
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01, by 400-year eras.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -640,19 +602,5 @@ mod tests {
         let first = boundary(7, &[]);
         let chosen = boundary(7, &[first.as_bytes()]);
         assert_ne!(first, chosen);
-    }
-
-    #[test]
-    fn dates_follow_rfc_5322_in_utc() {
-        assert_eq!(format_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(format_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
-        assert_eq!(
-            format_date(4_107_542_399),
-            "Sun, 28 Feb 2100 23:59:59 +0000"
-        );
-        assert_eq!(
-            format_date(4_107_542_400),
-            "Mon, 01 Mar 2100 00:00:00 +0000"
-        );
     }
 }

@@ -55,6 +55,9 @@ pub fn owner_of(domain: &str, cores: usize) -> usize {
     (hash % cores as u64) as usize
 }
 
+/// Idle connections are kept per destination domain and receiver address.
+type PoolKey = (String, SocketAddr);
+
 #[derive(Default)]
 struct DomainQueue {
     jobs: VecDeque<Job>,
@@ -86,7 +89,7 @@ pub struct Shard {
     queues: RefCell<HashMap<String, DomainQueue>>,
     retries: RefCell<BTreeMap<(Instant, u64), Job>>,
     retry_sequence: Cell<u64>,
-    idle: RefCell<HashMap<(String, SocketAddr), Vec<(Connection, Instant)>>>,
+    idle: RefCell<HashMap<PoolKey, Vec<(Connection, Instant)>>>,
     /// Old queue id -> new one, for messages a spool copied forward, and when it was learnt.
     relocated: RefCell<HashMap<QueueId, (QueueId, Instant)>>,
 }
