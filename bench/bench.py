@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -217,7 +218,7 @@ def main(argv):
              "one connection per message") + "; plaintext rows: " + args.plain_client +
             "; STARTTLS rows: secmx-load" + (" with pipelining" if args.pipelining else "")),
         "repeat": args.repeat,
-        "invocation": " ".join(["bench/bench.py"] + argv),
+        "invocation": shlex.join(["bench/bench.py"] + argv),
         "note": args.note or ("smoke run: tiny counts, not a measurement" if args.smoke else ""),
         "smoke": args.smoke,
     }

@@ -66,7 +66,8 @@ def draw(result):
     cpu_step = nice_step(max(cpus)) if cpus else 1.0
     cpu_hi = max(cpus) * 1.25 if cpus else 1.0
 
-    top = 78
+    note = meta.get("note") or ""
+    top = 78 + (16 if note else 0)
     group_h = lambda s: len([x for x in SYSTEMS if x in s]) * (BAR + GAP)  # noqa: E731
     height = top + sum(group_h(s) + ROW_GAP for _, s in rows) + 52
     left_x = MARGIN + LABEL_W
@@ -83,6 +84,8 @@ def draw(result):
         text(MARGIN, 42, f"{meta['date']} · {m['nproc']} CPUs · {m.get('cpu_model', '')} · "
              f"kernel {m['kernel']} · durable spools · median of {meta['repeat']}", 11,
              fill="#5f6368"),
+        text(MARGIN, 58, note if len(note) <= 150 else note[:147] + "…", 11,
+             fill="#d93025") if note else "",
         text(left_x, top - 14, "end-to-end messages/s (log scale, higher is better)", 12,
              weight="bold"),
         text(left_x + LEFT_W + 4, top - 14, "secmx/Postfix", 11, fill="#5f6368"),
