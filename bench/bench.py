@@ -50,6 +50,8 @@ def parse_args(argv):
                    help="secmx-load pipelines MAIL/RCPT/DATA")
     p.add_argument("--plain-client", choices=("smtp-source", "secmx-load"),
                    default="smtp-source", help="client for plaintext rows")
+    p.add_argument("--load-executors", type=int, default=1,
+                   help="threads secmx-load spreads its sessions over")
     p.add_argument("--max-connections-per-domain", type=int, default=20,
                    help="secmx outbound setting (Postfix's default destination concurrency "
                         "is 20)")

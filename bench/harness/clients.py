@@ -80,9 +80,10 @@ def smtp_source(registry, port, messages, sessions, size, reuse, workdir, timeou
 
 
 def secmx_load(registry, binary, port, messages, sessions, size, starttls, reuse, pipelining,
-               workdir, timeout):
+               executors, workdir, timeout):
     argv = [binary, "--server", f"127.0.0.1:{port}", "--sessions", sessions,
-            "--messages", messages, "--size", size, "--from", SENDER, "--to", RECIPIENT]
+            "--messages", messages, "--size", size, "--from", SENDER, "--to", RECIPIENT,
+            "--executors", executors]
     if starttls:
         argv.append("--starttls")
     if not reuse:

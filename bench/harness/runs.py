@@ -57,7 +57,7 @@ def _client(ctx, row, port, workdir, timeout):
     if row.tls or s.plain_client == "secmx-load":
         return clients.secmx_load(
             ctx.registry, ctx.load_binary, port, row.messages, row.sessions, row.size,
-            row.tls, s.reuse, s.pipelining, workdir, timeout,
+            row.tls, s.reuse, s.pipelining, s.load_executors, workdir, timeout,
         )
     return clients.smtp_source(
         ctx.registry, port, row.messages, row.sessions, row.size, s.reuse, workdir, timeout
