@@ -14,3 +14,7 @@ echo "postfix postfix/main_mailer_type select No configuration" | "${sudo[@]}" d
     unbound swaks postfix python3 ca-certificates openssl >/dev/null
 
 cargo test --release --locked
+
+# The benchmark's smoke form: every system once, seconds, no thresholds; fails only if something
+# broke (a system did not start, a client failed, a message was lost).
+bench/run.sh --smoke --no-install
