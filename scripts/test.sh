@@ -11,6 +11,10 @@ export DEBIAN_FRONTEND=noninteractive
 echo "postfix postfix/main_mailer_type select No configuration" | "${sudo[@]}" debconf-set-selections
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-    unbound swaks postfix python3 ca-certificates openssl >/dev/null
+    unbound swaks libnet-ssleay-perl postfix python3 ca-certificates openssl >/dev/null
 
 cargo test --release --locked
+
+# The benchmark's smoke form: every system once, seconds, no thresholds; fails only if something
+# broke (a system did not start, a client failed, a message was lost).
+bench/run.sh --smoke --no-install

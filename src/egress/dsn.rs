@@ -114,10 +114,10 @@ fn write_top_headers(
     let mut field = |name: &str, value: &str| fold_field(&mut headers, name, value);
     field(
         "From",
-        &format!("Mail Delivery System <MAILER-DAEMON@{hostname}>"),
+        &format!("secmx at {hostname} <MAILER-DAEMON@{hostname}>"),
     );
     field("To", &format!("<{}>", single_line(&original.reverse_path)));
-    field("Subject", "Undelivered Mail Returned to Sender");
+    field("Subject", "Delivery failed: your message was not delivered");
     field("Date", &rfc5322_date(now_unix));
     field(
         "Message-ID",
@@ -146,9 +146,8 @@ fn write_part(out: &mut Vec<u8>, boundary: &str, description: &str, kind: &str, 
 /// The part a person reads: which recipients failed and why.
 fn notification_text(hostname: &str, failed: &[FailedRecipient]) -> Vec<u8> {
     let mut text = format!(
-        "This is the mail system at host {hostname}.\r\n\r\n\
-         Your message could not be delivered to one or more recipients.\r\n\
-         The reason for each recipient follows.\r\n\r\n"
+        "secmx at {hostname} gave up delivering your message to the recipients below.\r\n\
+         Each line names the recipient and what stopped the delivery.\r\n\r\n"
     );
     for failure in failed {
         let mut line = format!("<{}>: ", single_line(&failure.recipient));
@@ -424,12 +423,12 @@ mod tests {
 
         assert_eq!(
             field(&headers, "From"),
-            "Mail Delivery System <MAILER-DAEMON@gw.example.net>"
+            "secmx at gw.example.net <MAILER-DAEMON@gw.example.net>"
         );
         assert_eq!(field(&headers, "To"), "<alice@example.net>");
         assert_eq!(
             field(&headers, "Subject"),
-            "Undelivered Mail Returned to Sender"
+            "Delivery failed: your message was not delivered"
         );
         assert_eq!(field(&headers, "Date"), "Thu, 04 Dec 2025 18:40:00 +0000");
         assert_eq!(field(&headers, "Auto-Submitted"), "auto-replied");

@@ -438,7 +438,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 tls = session.tls(),
                 size,
                 recipients,
-                "message received"
+                "received"
             ),
             Err(error) => tracing::warn!(%error, "message not queued"),
         }
