@@ -310,7 +310,7 @@ fn assert_deferred_then_delivered(label: &str, block: u8, stage: &str, reply: &s
     let recipient = format!("bob@{label}.test");
     let status = reply.split(' ').nth(1).expect("an enhanced status code");
 
-    let deferred = events_for(&gateway, "deferred", &recipient);
+    let deferred = events_for(gateway, "deferred", &recipient);
     assert_eq!(deferred.len(), 1, "{deferred:#?}");
     assert!(
         deferred[0].contains(&format!("status={status}")),

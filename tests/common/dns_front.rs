@@ -6,10 +6,12 @@
 //! and may fetch the genuine answer, which the front asks of unbound over TCP. TCP queries are
 //! always relayed. Every question is recorded with its transport.
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -80,7 +82,10 @@ pub type UdpScript = Arc<dyn Fn(&UdpQuery<'_>) + Send + Sync>;
 /// A running front on one address (UDP and TCP, same port); stopped and joined on drop.
 pub struct DnsFront {
     address: SocketAddr,
-    seen: Arc<Mutex<Vec<SeenQuery>>>,
+    /// The serving threads report each question here; `seen` collects them.
+    reports: Sender<SeenQuery>,
+    incoming: Receiver<SeenQuery>,
+    seen: RefCell<Vec<SeenQuery>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -91,9 +96,12 @@ impl DnsFront {
     pub fn start(address: SocketAddr, upstream: SocketAddr, script: UdpScript) -> DnsFront {
         let (udp, tcp) = bind_both(address);
         let address = udp.local_addr().expect("front address");
+        let (reports, incoming) = channel();
         let mut front = DnsFront {
             address,
-            seen: Arc::default(),
+            reports,
+            incoming,
+            seen: RefCell::default(),
             stop: Arc::default(),
             threads: Vec::new(),
         };
@@ -114,12 +122,14 @@ impl DnsFront {
 
     /// The questions received so far.
     pub fn seen(&self) -> Vec<SeenQuery> {
-        self.seen.lock().expect("seen list").clone()
+        let mut seen = self.seen.borrow_mut();
+        seen.extend(self.incoming.try_iter());
+        seen.clone()
     }
 
     fn serve_udp(&mut self, socket: UdpSocket, upstream: SocketAddr, script: UdpScript) {
         let stop = Arc::clone(&self.stop);
-        let seen = Arc::clone(&self.seen);
+        let seen = self.reports.clone();
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .expect("read timeout");
@@ -150,7 +160,7 @@ impl DnsFront {
 
     fn serve_tcp(&mut self, listener: TcpListener, upstream: SocketAddr) {
         let stop = Arc::clone(&self.stop);
-        let seen = Arc::clone(&self.seen);
+        let seen = self.reports.clone();
         listener
             .set_nonblocking(true)
             .expect("non-blocking listener");
@@ -158,7 +168,7 @@ impl DnsFront {
             while !stop.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let seen = Arc::clone(&seen);
+                        let seen = seen.clone();
                         std::thread::spawn(move || relay_tcp(stream, upstream, &seen));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -200,19 +210,19 @@ fn question(message: &Message) -> (String, RecordType) {
     )
 }
 
-fn record(seen: &Mutex<Vec<SeenQuery>>, query: &Message, over_tcp: bool) {
+fn record(seen: &Sender<SeenQuery>, query: &Message, over_tcp: bool) {
     if query.queries.is_empty() {
         return;
     }
     let (name, record_type) = question(query);
-    seen.lock().expect("seen list").push(SeenQuery {
+    let _ = seen.send(SeenQuery {
         over_tcp,
         name,
         record_type,
     });
 }
 
-fn relay_tcp(mut stream: TcpStream, upstream: SocketAddr, seen: &Mutex<Vec<SeenQuery>>) {
+fn relay_tcp(mut stream: TcpStream, upstream: SocketAddr, seen: &Sender<SeenQuery>) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     while let Ok(query) = read_framed(&mut stream) {
