@@ -9,6 +9,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod ca;
+pub mod faults;
 mod peers;
 mod process;
 mod secmx;
