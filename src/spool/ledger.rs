@@ -101,6 +101,10 @@ impl Ledger {
         self.segments.get(&segment)
     }
 
+    pub(crate) fn has_segment(&self, segment: u32) -> bool {
+        self.segments.contains_key(&segment)
+    }
+
     pub(crate) fn newest_segment(&self) -> Option<u32> {
         self.segments.last_key_value().map(|(&n, _)| n)
     }

@@ -616,3 +616,66 @@ fn full_disk_fails_the_batch_loses_nothing_and_recovers_when_space_returns() {
     });
     drop(fs);
 }
+
+#[test]
+fn completions_refused_by_a_full_disk_still_free_their_segments_and_are_written_later() {
+    let fs = match SmallFileSystem::mount(512 << 10) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("skipped: cannot mount a small tmpfs to fill ({e}); needs CAP_SYS_ADMIN");
+            return;
+        }
+    };
+    let dir = fs.0.path().join("spool");
+    run(move || async move {
+        let (spool, _) = Spool::open(&dir, 0, &options(64 << 10)).await.unwrap();
+
+        // Fill the file system to the last byte the spool can use: large messages, then small.
+        let mut acknowledged = Vec::new();
+        for len in [16 << 10, 200] {
+            let mut n = acknowledged.len();
+            while let Ok(id) = spool.append(&envelope(n, 1), &body(n, len)).await {
+                acknowledged.push(id);
+                n += 1;
+                assert!(n < 5000, "the file system never filled up");
+            }
+        }
+        assert!(segment_files(&dir, 0).len() > 3);
+
+        // Every message is delivered, newest first, so no segment drains before the disk is
+        // full of completion records.
+        let mut refused = 0;
+        for &id in acknowledged.iter().rev() {
+            if let Err(e) = spool.complete(id, &[0]).await {
+                assert!(matches!(e, SpoolError::Full), "got {e}");
+                refused += 1;
+            }
+        }
+        assert!(refused > 0, "the full disk refused no completion record");
+        assert_eq!(
+            spool.pending_messages(),
+            0,
+            "finished messages pin no segment"
+        );
+
+        // Their segments were reclaimed, so new mail is taken again without outside help.
+        spool.reclaim().await;
+        assert_eq!(
+            segment_files(&dir, 0).len(),
+            1,
+            "only the newest segment stays"
+        );
+        let after = spool
+            .append(&envelope(9000, 1), &body(9000, 16 << 10))
+            .await
+            .expect("intake resumes once the delivered mail's segments are gone");
+        drop(spool);
+
+        // The refused completion records were written once there was room: nothing delivered
+        // comes back after a restart.
+        let (_spool, recovered) = Spool::open(&dir, 0, &options(64 << 10)).await.unwrap();
+        let ids: Vec<QueueId> = recovered.iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![after]);
+    });
+    drop(fs);
+}
