@@ -149,6 +149,14 @@ impl Journal {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+
+    /// Adds another journal's entries (of distinct Message-IDs).
+    pub fn extend(&mut self, other: Journal) {
+        for (id, entry) in other.entries {
+            let previous = self.entries.insert(id, entry);
+            assert!(previous.is_none(), "a Message-ID in two journals");
+        }
+    }
 }
 
 /// A run of `tests/support/load_client.py` against one server, journalling to its own file.
