@@ -13,7 +13,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::faults::{Journal, LoadClient, Outcome, RecordingReceiver, Tmpfs, wait_for_delivery};
+use common::faults::{
+    Journal, LoadClient, Outcome, RecordingReceiver, Tmpfs, pending_at_last_open, wait_for_delivery,
+};
 use common::*;
 
 /// `outbound.max_connections_per_domain` (its default): deliveries that can be between the
@@ -212,17 +214,4 @@ fn wait_for_intake(
         merged.extend(journal);
     }
     merged
-}
-
-/// `pending` of the last "spool opened" line in a secmx log.
-fn pending_at_last_open(log: &str) -> usize {
-    let line = log
-        .lines()
-        .rev()
-        .find(|line| line.contains("spool opened"))
-        .expect("a `spool opened` line");
-    line.split_whitespace()
-        .find_map(|field| field.strip_prefix("pending="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no pending count in `{line}`"))
 }

@@ -468,3 +468,16 @@ impl Rng {
         low + Duration::from_millis(self.next() % span)
     }
 }
+
+/// `pending` of the last "spool opened" line in a secmx log: the messages recovery found.
+pub fn pending_at_last_open(log: &str) -> usize {
+    let line = log
+        .lines()
+        .rev()
+        .find(|line| line.contains("spool opened"))
+        .expect("a `spool opened` line");
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("pending="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pending count in `{line}`"))
+}
