@@ -200,6 +200,19 @@ impl LoadClient {
         Journal::read(&self.journal)
     }
 
+    /// The counts of the client's closing `summary` line (`sessions`, `tls_sessions`, ...);
+    /// empty before it has finished.
+    pub fn summary(&self) -> BTreeMap<String, u64> {
+        let log = self.process.log();
+        let Some(line) = log.lines().rev().find(|l| l.starts_with("summary ")) else {
+            return BTreeMap::new();
+        };
+        line.split_whitespace()
+            .filter_map(|field| field.split_once('='))
+            .filter_map(|(key, value)| Some((key.to_string(), value.parse().ok()?)))
+            .collect()
+    }
+
     /// Asks the client to stop and waits (at most `timeout`) until it has.
     pub fn stop(&mut self, timeout: Duration) -> Journal {
         std::fs::write(&self.stop_file, b"stop").expect("write the stop file");

@@ -12,6 +12,7 @@ Usage: load_client.py HOST PORT JOURNAL [options]
   --limit N                  stop after N messages in total (default: no limit)
   --per-session N            transactions per connection before QUIT (default 5)
   --size BYTES               approximate message size (default 2000)
+  --max-size BYTES           sizes vary uniformly between --size and this (default: --size)
   --tls-rate R               share of sessions that use STARTTLS first (default 0)
   --cafile PATH              CA certificate the server's certificate must chain to
   --abort-rate R             share of transactions the client abandons mid-way (default 0)
@@ -26,10 +27,11 @@ JOURNAL gets one line per message, flushed at once:
   unsent  <id> <error>    the connection failed before the end of DATA was sent
   aborted <id> <stage>    the client hung up on purpose before the end of DATA
 
-At the end one JSON line with the counts is printed on stdout.
+At the end one line is printed on stdout:
+
+  summary messages=N sessions=N tls_sessions=N acked=N refused=N unknown=N unsent=N aborted=N
 """
 
-import json
 import os
 import random
 import smtplib
@@ -49,6 +51,8 @@ class Journal:
         self.lock = threading.Lock()
         self.counts = {}
         self.total = 0
+        self.sessions = 0
+        self.tls_sessions = 0
 
     def note(self, outcome, message_id, detail):
         detail = " ".join(str(detail).split())
@@ -56,6 +60,11 @@ class Journal:
             self.file.write(f"{outcome} {message_id} {detail}\n")
             self.file.flush()
             self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def session(self, tls):
+        with self.lock:
+            self.sessions += 1
+            self.tls_sessions += int(tls)
 
     def claim(self, limit):
         """Reserves one message of the total budget; False when the budget is spent."""
@@ -148,11 +157,13 @@ class Worker(threading.Thread):
         code, _ = smtp.ehlo()
         if code != 250:
             raise smtplib.SMTPException("EHLO refused")
-        if self.rng.random() < o["tls_rate"]:
+        tls = self.rng.random() < o["tls_rate"]
+        if tls:
             context = ssl.create_default_context(cafile=o["cafile"])
             context.check_hostname = False
             smtp.starttls(context=context)
             smtp.ehlo()
+        self.journal.session(tls)
         return smtp
 
     def session(self, smtp):
@@ -175,7 +186,8 @@ class Worker(threading.Thread):
         """One message; False when the connection is no longer usable."""
         o = self.options
         abort = self.rng.choice(ABORT_STAGES) if self.rng.random() < o["abort_rate"] else None
-        message = body_of(o["sender"], o["recipient"], message_id, o["size"], self.rng)
+        size = self.rng.randint(o["size"], max(o["size"], o["max_size"]))
+        message = body_of(o["sender"], o["recipient"], message_id, size, self.rng)
         sent_everything = False
         try:
             reply = smtp.mail(o["sender"])
@@ -240,6 +252,7 @@ def main():
         "limit": int(raw["--limit"]) if "--limit" in raw else None,
         "per_session": int(raw.get("--per-session", "5")),
         "size": int(raw.get("--size", "2000")),
+        "max_size": int(raw.get("--max-size", raw.get("--size", "2000"))),
         "tls_rate": float(raw.get("--tls-rate", "0")),
         "cafile": raw.get("--cafile"),
         "abort_rate": float(raw.get("--abort-rate", "0")),
@@ -253,7 +266,15 @@ def main():
         worker.start()
     for worker in workers:
         worker.join()
-    print(json.dumps({"total": journal.total, **journal.counts}), flush=True)
+    counts = " ".join(
+        f"{outcome}={journal.counts.get(outcome, 0)}"
+        for outcome in ("acked", "refused", "unknown", "unsent", "aborted")
+    )
+    print(
+        f"summary messages={journal.total} sessions={journal.sessions} "
+        f"tls_sessions={journal.tls_sessions} {counts}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
