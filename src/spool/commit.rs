@@ -560,13 +560,9 @@ impl Shared {
         let drained = self.ledger.borrow().drained_prefix(honour_holds);
         let mut deleted = 0;
         for segment in drained {
-            let path = segment::segment_path(&self.dir, self.core, segment);
-            if let Err(e) = glommio::io::remove(&path).await {
-                let e = io::Error::from(e);
-                if e.kind() != io::ErrorKind::NotFound {
-                    warn!(core = self.core, segment, error = %e, "spool segment not deleted");
-                    return deleted;
-                }
+            if let Err(e) = self.remove_segment_file(segment).await {
+                warn!(core = self.core, segment, error = %e, "spool segment not deleted");
+                return deleted;
             }
             self.ledger.borrow_mut().remove_segment(segment);
             if self.options.sync
@@ -579,6 +575,27 @@ impl Shared {
             debug!(core = self.core, segment, "spool segment deleted");
         }
         deleted
+    }
+
+    /// Deletes a drained segment's file; one still holding damaged bytes moves to `damaged/`.
+    async fn remove_segment_file(&self, segment: u32) -> io::Result<()> {
+        let damaged_from = self.ledger.borrow().damaged_tail(segment);
+        if let Some(from) = damaged_from {
+            let target = segment::move_aside(&self.dir, self.core, segment, from).await?;
+            warn!(
+                core = self.core,
+                segment,
+                offset = from,
+                set_aside = %target.display(),
+                "spool segment with a damaged tail moved aside; its messages are done"
+            );
+            return Ok(());
+        }
+        let path = segment::segment_path(&self.dir, self.core, segment);
+        match glommio::io::remove(&path).await.map_err(io::Error::from) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Closes the files and releases the core's lock.
