@@ -5,6 +5,9 @@
 //! deleted, then, after a second episode, when the receiver comes up and the delivered mail's
 //! segments are reclaimed.
 //!
+//! A crash on a full disk can leave a torn record at the end of the spool with no room to set
+//! it aside; secmx must still start and deliver the mail it holds.
+//!
 //! Needs root for `mount -t tmpfs`; skips with a message when mounting is not permitted.
 
 mod common;
@@ -14,7 +17,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::faults::{
-    Journal, LoadClient, Outcome, RecordingReceiver, Tmpfs, pending_at_last_open, wait_for_delivery,
+    Journal, LoadClient, Outcome, RecordingReceiver, Tmpfs, damaged_files, pending_at_last_open,
+    records, segment_files, wait_for_delivery,
 };
 use common::*;
 
@@ -131,6 +135,120 @@ fn full_spool_refuses_with_452_keeps_what_it_acknowledged_and_resumes_when_space
     drop(receiver);
     secmx.kill();
     drop(tmpfs);
+}
+
+#[test]
+fn secmx_starts_on_a_full_disk_whose_spool_ends_in_a_torn_record_and_delivers_its_queue() {
+    let dir = TempDir::new("faults-full-torn");
+    let data_dir = dir.join("relay").join("data");
+    let tmpfs = match Tmpfs::mount(&data_dir, "1m") {
+        Ok(tmpfs) => tmpfs,
+        Err(why) => {
+            eprintln!("faults_disk_full: SKIPPED, a tmpfs cannot be mounted here: {why}");
+            return;
+        }
+    };
+    let filler = data_dir.join("filler");
+    std::fs::write(&filler, vec![0u8; 64 << 10]).expect("write the filler file");
+    let receiver_address = addr(146, 20, 2600);
+    let mut secmx = Secmx::start(
+        dir.path(),
+        "relay",
+        SecmxConfig::new("gw.a.test", addr(146, 53, 53))
+            .listener(addr(146, 10, 2525), "ber")
+            .next_hop_domain("b.test", receiver_address),
+    );
+    let queued = send_until_452(dir.path(), "fill", secmx.address(), MESSAGE_SIZE);
+    secmx.kill();
+
+    // A crash while the last batch was being written leaves part of a record behind the good
+    // ones, and that batch took the last free space: make room for such a torn record, write
+    // it, then fill whatever is left.
+    std::fs::remove_file(&filler).expect("delete the filler file");
+    let segment = segment_files(&data_dir).pop().expect("a spool segment");
+    let bytes = std::fs::read(&segment).expect("read the segment");
+    let last = *records(&bytes).last().expect("a record");
+    let torn = bytes[last.offset..last.offset + last.len / 2].to_vec();
+    let cut_at = bytes.len();
+    append(&segment, &torn);
+    fill_up(&data_dir.join("filler-2"));
+    let free_at_restart = tmpfs.available();
+
+    secmx.restart();
+    let no_room = secmx
+        .log()
+        .lines()
+        .filter(|l| l.contains("spool segment has a bad record but no room"))
+        .count();
+    assert_eq!(no_room, 1, "the damage is reported\n{}", secmx.log_tail());
+    let receiver = RecordingReceiver::start(dir.path(), "sink", receiver_address, 0.0);
+    let acked = queued.with(Outcome::Acked);
+    wait_for_delivery(&receiver, &acked, WAIT, || secmx.log_tail());
+
+    // The operator frees space: intake resumes, and the damaged segment, its mail done, is
+    // moved whole under spool/damaged/ (named after the offset of the damage).
+    std::fs::remove_file(data_dir.join("filler-2")).expect("delete the second filler");
+    let resumed = wait_for_intake(dir.path(), "resume", secmx.address(), &secmx);
+    let damaged = wait_until(
+        "the damaged segment under spool/damaged",
+        WAIT,
+        || secmx.log_tail(),
+        || damaged_files(&data_dir).pop(),
+    );
+    assert!(
+        damaged
+            .to_string_lossy()
+            .ends_with(&format!("-{cut_at:012}.bin")),
+        "named after the offset of the damage: {}",
+        damaged.display()
+    );
+    let kept = std::fs::read(&damaged).expect("read the damaged file");
+    assert_eq!(
+        kept.get(cut_at..),
+        Some(&torn[..]),
+        "the torn bytes are kept"
+    );
+
+    let mut all = Journal::default();
+    all.extend(resumed);
+    let resumed_acked = all.with(Outcome::Acked);
+    wait_for_delivery(&receiver, &resumed_acked, WAIT, || secmx.log_tail());
+    let accepted = receiver.accepted();
+    let distinct: BTreeSet<&String> = accepted.iter().collect();
+    println!(
+        "faults_disk_full[torn-on-full]: acked={} free_at_restart={free_at_restart}B \
+         torn_bytes={} delivered={} lost=0 duplicates={}",
+        acked.len() + resumed_acked.len(),
+        torn.len(),
+        distinct.len(),
+        accepted.len() - distinct.len(),
+    );
+    assert!(secmx.is_running(), "secmx died\n{}", secmx.log_tail());
+    drop(receiver);
+    secmx.kill();
+    drop(tmpfs);
+}
+
+fn append(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut file = std::fs::File::options()
+        .append(true)
+        .open(path)
+        .expect("open the segment");
+    file.write_all(bytes).expect("append to the segment");
+}
+
+/// Writes `path` until the file system has no byte left.
+fn fill_up(path: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("create the filler");
+    let chunk = [0u8; 512];
+    for _ in 0..(64 << 20) / chunk.len() {
+        if file.write_all(&chunk).and_then(|()| file.flush()).is_err() {
+            return;
+        }
+    }
+    panic!("{} never filled the file system", path.display());
 }
 
 /// Sends large messages until one is refused with 452, then small ones until a small one is
