@@ -376,9 +376,14 @@ impl Shard {
             tracing::error!(queue_id = %id, "no spool for this queue id on this core");
             return;
         };
-        if let Err(e) = spool.complete(id, &recipients).await {
+        match spool.complete(id, &recipients).await {
+            Ok(()) => {}
+            // Counted as finished all the same; the spool writes the record when it has room.
+            Err(SpoolError::Full) => {
+                tracing::warn!(queue_id = %id, "completion not yet durable: spool full")
+            }
             // The recipients were handled; at worst they are tried again after a restart.
-            tracing::error!(queue_id = %id, error = %e, "cannot record completion");
+            Err(e) => tracing::error!(queue_id = %id, error = %e, "cannot record completion"),
         }
     }
 

@@ -4,6 +4,11 @@
 //! Under load each flush covers everything that arrived during the previous one; at low load a
 //! record waits only for its own flush. After a failed write or sync the segment is cut back to
 //! its last good record, so a full disk never leaves a half record in front of later good ones.
+//!
+//! Completion records are what frees space, so a full disk must not keep them out: one it
+//! refused still counts in the ledger (its message stops pinning its segment, and a segment
+//! deleted that way takes the message record with it), and is written again once a flush
+//! succeeds or a segment was deleted.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -190,6 +195,8 @@ pub(crate) struct Shared {
     lock: RefCell<Option<CoreLock>>,
     /// Closed once the writer has stopped (see [`wait_for_closing`]).
     stopped: Rc<Semaphore>,
+    /// Completions a full disk refused: already applied to the ledger, still to be written.
+    unrecorded: RefCell<Vec<(QueueId, Vec<u32>)>>,
 }
 
 impl Shared {
@@ -236,6 +243,7 @@ impl Shared {
             stats: Cell::default(),
             lock: RefCell::new(Some(lock)),
             stopped: Rc::new(Semaphore::new(0)),
+            unrecorded: RefCell::default(),
         })
     }
 
@@ -475,6 +483,7 @@ impl Shared {
     fn settle(&self, entries: &[Entry], bytes: usize, result: &Result<Placement, Failure>) {
         let mut messages = 0;
         let mut completions = 0;
+        let mut unrecorded = Vec::new();
         {
             let mut ledger = self.ledger.borrow_mut();
             for entry in entries {
@@ -498,8 +507,15 @@ impl Shared {
                     Entry::Completion { id, recipients } => {
                         completions += 1;
                         ledger.completion_settled(*id);
-                        if result.is_ok() {
-                            ledger.completion(*id, recipients);
+                        match result {
+                            Ok(_) => {
+                                ledger.completion(*id, recipients);
+                            }
+                            Err(Failure::Full) => {
+                                ledger.completion(*id, recipients);
+                                unrecorded.push((*id, recipients.clone()));
+                            }
+                            Err(Failure::Io(_)) => {}
                         }
                     }
                 }
@@ -515,21 +531,38 @@ impl Shared {
             }
             Err(_) => s.failed_flushes += 1,
         });
+        if !unrecorded.is_empty() {
+            warn!(
+                core = self.core,
+                completions = unrecorded.len(),
+                "spool full: completion records kept in memory until they can be written"
+            );
+            self.unrecorded.borrow_mut().extend(unrecorded);
+        }
+    }
+
+    /// Queues again the completion records a full disk refused, except those whose message
+    /// record is gone with its segment (nothing is left for them to finish).
+    pub(crate) fn requeue_unrecorded(&self) {
+        let unrecorded = std::mem::take(&mut *self.unrecorded.borrow_mut());
+        for (id, recipients) in unrecorded {
+            if self.ledger.borrow().has_segment(id.segment) {
+                drop(self.enqueue_completion(id, &recipients));
+            }
+        }
     }
 
     /// Deletes the oldest segments no live message needs, oldest first, each deletion durable
     /// before the next (a later segment may hold the completions that make an earlier one
     /// unneeded). Segments held after a copy-forward stay unless `honour_holds` is false.
-    pub(crate) async fn delete_drained(&self, honour_holds: bool) {
+    /// Returns how many were deleted.
+    pub(crate) async fn delete_drained(&self, honour_holds: bool) -> usize {
         let drained = self.ledger.borrow().drained_prefix(honour_holds);
+        let mut deleted = 0;
         for segment in drained {
-            let path = segment::segment_path(&self.dir, self.core, segment);
-            if let Err(e) = glommio::io::remove(&path).await {
-                let e = io::Error::from(e);
-                if e.kind() != io::ErrorKind::NotFound {
-                    warn!(core = self.core, segment, error = %e, "spool segment not deleted");
-                    return;
-                }
+            if let Err(e) = self.remove_segment_file(segment).await {
+                warn!(core = self.core, segment, error = %e, "spool segment not deleted");
+                return deleted;
             }
             self.ledger.borrow_mut().remove_segment(segment);
             if self.options.sync
@@ -538,7 +571,30 @@ impl Shared {
                 warn!(core = self.core, error = %e, "spool directory sync after delete failed");
             }
             self.count(|s| s.segments_deleted += 1);
+            deleted += 1;
             debug!(core = self.core, segment, "spool segment deleted");
+        }
+        deleted
+    }
+
+    /// Deletes a drained segment's file; one still holding damaged bytes moves to `damaged/`.
+    async fn remove_segment_file(&self, segment: u32) -> io::Result<()> {
+        let damaged_from = self.ledger.borrow().damaged_tail(segment);
+        if let Some(from) = damaged_from {
+            let target = segment::move_aside(&self.dir, self.core, segment, from).await?;
+            warn!(
+                core = self.core,
+                segment,
+                offset = from,
+                set_aside = %target.display(),
+                "spool segment with a damaged tail moved aside; its messages are done"
+            );
+            return Ok(());
+        }
+        let path = segment::segment_path(&self.dir, self.core, segment);
+        match glommio::io::remove(&path).await.map_err(io::Error::from) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 
@@ -599,9 +655,16 @@ pub(crate) async fn run_writer(shared: Rc<Shared>) {
         let result = shared.flush(buf).await;
         shared.settle(&entries, bytes, &result);
         let durable = result.is_ok();
+        let full = matches!(result, Err(Failure::Full));
         outcome.finish(result);
-        if durable {
-            shared.delete_drained(true).await;
+        if durable || full {
+            // After a full disk, completions counted in memory may have drained segments.
+            let deleted = shared.delete_drained(true).await;
+            if durable || deleted > 0 {
+                // There is room again: the refused completions get another try. Without any,
+                // they wait for the next success (or reclamation pass) instead of spinning.
+                shared.requeue_unrecorded();
+            }
         }
         shared.flushing.set(false);
     }

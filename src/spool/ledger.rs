@@ -67,6 +67,9 @@ pub(crate) struct Usage {
     /// Its messages were copied forward; it stays until the next reclamation pass so readers
     /// still holding the old ids can finish.
     pub held: bool,
+    /// Its bytes from this offset on are damaged and could not be set aside: the file goes to
+    /// `damaged/` whole instead of being deleted.
+    pub damaged_from: Option<u64>,
 }
 
 /// The live messages of one core's log and the usage of its segments.
@@ -99,6 +102,20 @@ impl Ledger {
     #[cfg(test)]
     pub(crate) fn segment(&self, segment: u32) -> Option<&Usage> {
         self.segments.get(&segment)
+    }
+
+    /// Marks a segment whose bytes from `from` on are damaged and still in the file.
+    pub(crate) fn keep_damaged_tail(&mut self, segment: u32, from: u64) {
+        self.segments.entry(segment).or_default().damaged_from = Some(from);
+    }
+
+    /// Where the damaged bytes still in a segment file start, if it has any.
+    pub(crate) fn damaged_tail(&self, segment: u32) -> Option<u64> {
+        self.segments.get(&segment)?.damaged_from
+    }
+
+    pub(crate) fn has_segment(&self, segment: u32) -> bool {
+        self.segments.contains_key(&segment)
     }
 
     pub(crate) fn newest_segment(&self) -> Option<u32> {

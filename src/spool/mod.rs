@@ -14,6 +14,10 @@
 //! [`Spool::reclaim`] copies them to the active segment and reports the new ids. The old ids keep
 //! working for [`Spool::complete`], and for [`read_message`] until the next `reclaim` call.
 //!
+//! A full disk refuses new messages ([`SpoolError::Full`]) but cannot keep space from coming
+//! back: a completion record it refused still counts in memory, so delivered mail releases its
+//! segment, and the record is written as soon as there is room.
+//!
 //! Recovery replays the segments oldest first and stops reading a segment at its first torn or
 //! damaged record; the rest of that segment is set aside under `<dir>/damaged/` and replay goes
 //! on with the next segment.
@@ -210,6 +214,11 @@ impl Spool {
     /// Records that these recipients of `id` are finished (delivered, bounced or expired). Only
     /// for ids of this core. Resolves once durable. Finishing a recipient twice, or a message
     /// that is already complete, succeeds without writing anything.
+    ///
+    /// On a full disk this fails with [`SpoolError::Full`], yet the recipients count as finished
+    /// from then on: the message no longer keeps its segment from being reclaimed (which is how
+    /// space comes back), and the record is written later, once there is room. Only a restart
+    /// before that can deliver those recipients again.
     pub async fn complete(&self, id: QueueId, recipients: &[u32]) -> Result<(), SpoolError> {
         if id.core != self.shared.core {
             return Err(invalid_input(format!(
@@ -250,7 +259,7 @@ impl Spool {
     }
 
     /// One reclamation pass; the owner of the log calls it periodically. Deletes the oldest
-    /// segments no live message needs. When the oldest segment is kept only by a few live
+    /// segments no live message needs, and queues again completion records a full disk refused. When the oldest segment is kept only by a few live
     /// messages (under a tenth of its bytes, with at least two newer segments behind it), copies
     /// them forward and returns their new ids: the caller passes them on to whoever holds the
     /// old ones before its next call, which is when the emptied segment is deleted. Failures are
@@ -261,6 +270,7 @@ impl Spool {
         }
         self.shared.ledger.borrow_mut().release_holds();
         self.shared.delete_drained(true).await;
+        self.shared.requeue_unrecorded();
         let relocated = self.copy_forward_pinned().await;
         self.reclaiming.set(false);
         relocated

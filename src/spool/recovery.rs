@@ -4,6 +4,11 @@
 //! the writer applied it after its flush. A segment is read up to its first torn or damaged
 //! record; the bytes from there on are copied to `<dir>/damaged/`, the segment is cut there, one
 //! warning names the file and offset, and replay goes on with the next segment.
+//!
+//! A crash on a full disk leaves no room for that copy. Then the segment stays whole and is no
+//! longer appended to; its good records are delivered like any others, and once they are all
+//! done the segment moves to `damaged/` by rename instead of being deleted. The queue it holds
+//! is never kept from starting for want of space.
 
 use std::collections::HashMap;
 use std::io;
@@ -58,46 +63,64 @@ async fn replay_segment(
     let size = file.file_size().await?;
     let header = file.read_at(0, SEGMENT_HEADER_LEN as usize).await?;
     if let Err(damage) = record::check_segment_header(&header, core, segment) {
-        return discard_segment(dir, core, segment, file, size, damage, sync).await;
+        return discard_segment(dir, core, segment, size, damage).await;
     }
 
     replayed.ledger.add_segment(segment, SEGMENT_HEADER_LEN);
     let (end, damage) = scan(file, core, segment, size, replayed).await?;
-    if let Some(damage) = damage {
-        let target = segment::set_aside(dir, core, segment, file, end, size, sync).await?;
-        warn!(
-            file = %path.display(),
-            offset = end,
-            bytes = size - end,
-            %damage,
-            set_aside = %target.display(),
-            "spool segment cut at a bad record; later segments are still replayed"
-        );
-    }
     replayed.ledger.add_segment(segment, end);
-    replayed.tail = Some((segment, end));
+    let Some(damage) = damage else {
+        replayed.tail = Some((segment, end));
+        return Ok(());
+    };
+
+    match segment::set_aside(dir, core, segment, file, end, size, sync).await {
+        Ok(target) => {
+            warn!(
+                file = %path.display(),
+                offset = end,
+                bytes = size - end,
+                %damage,
+                set_aside = %target.display(),
+                "spool segment cut at a bad record; later segments are still replayed"
+            );
+            replayed.tail = Some((segment, end));
+        }
+        Err(e) if segment::is_full(&e) => {
+            warn!(
+                file = %path.display(),
+                offset = end,
+                bytes = size - end,
+                %damage,
+                "spool segment has a bad record but no room to set the rest aside; it is no \
+                 longer appended to, and moves to damaged/ once its messages are done"
+            );
+            replayed.ledger.keep_damaged_tail(segment, end);
+            replayed.tail = None;
+        }
+        Err(e) => return Err(e),
+    }
     Ok(())
 }
 
 /// A segment whose own header is wrong holds nothing that can be trusted: usually a crash while
-/// it was being created. Its bytes go to `damaged/` and the file is removed.
+/// it was being created. The file moves to `damaged/` (an empty one is removed).
 async fn discard_segment(
     dir: &Path,
     core: u16,
     segment: u32,
-    file: &BufferedFile,
     size: u64,
     damage: Damage,
-    sync: bool,
 ) -> io::Result<()> {
     let path = segment::segment_path(dir, core, segment);
     let target = if size > 0 {
-        let target = segment::set_aside(dir, core, segment, file, 0, size, sync).await?;
+        // A rename keeps every byte and needs no space, even on a full disk.
+        let target = segment::move_aside(dir, core, segment, 0).await?;
         target.display().to_string()
     } else {
+        glommio::io::remove(&path).await?;
         String::from("nothing (empty file)")
     };
-    glommio::io::remove(&path).await?;
     warn!(
         file = %path.display(),
         offset = 0,

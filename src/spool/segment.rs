@@ -8,6 +8,10 @@
 //! core-00/00000000.log    segments, numbered upwards, never reused while the newest exists
 //! damaged/core-00-00000003-000000001234.bin   bytes cut from segment 3 at offset 1234
 //! ```
+//!
+//! When there is no room to copy a damaged tail, the segment stays whole and later moves to
+//! `damaged/` by rename (which needs no space): the file is then the whole segment, and the
+//! offset in its name is still where the damage starts.
 
 use std::fs::File;
 use std::io;
@@ -183,8 +187,24 @@ pub(crate) fn with_path(error: io::Error, path: &Path) -> io::Error {
     io::Error::new(error.kind(), format!("{}: {error}", path.display()))
 }
 
+/// True for the errors of a file system out of space or quota.
+pub(crate) fn is_full(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        || matches!(
+            error.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        )
+}
+
+/// Where the bytes of `segment` from offset `from` on are kept.
+fn damaged_path(dir: &Path, core: u16, segment: u32, from: u64) -> PathBuf {
+    dir.join("damaged")
+        .join(format!("core-{core:02}-{segment:08}-{from:012}.bin"))
+}
+
 /// Copies bytes `from..end` of a segment to `<dir>/damaged/`, then cuts the segment at `from`.
-/// Returns the file the bytes went to.
+/// Returns the file the bytes went to. On failure the segment is untouched and no partial copy
+/// is left behind ([`is_full`] tells a lack of space from other failures).
 pub(crate) async fn set_aside(
     dir: &Path,
     core: u16,
@@ -194,11 +214,36 @@ pub(crate) async fn set_aside(
     end: u64,
     sync: bool,
 ) -> io::Result<PathBuf> {
-    let damaged_dir = dir.join("damaged");
-    std::fs::create_dir_all(&damaged_dir)?;
-    let target = damaged_dir.join(format!("core-{core:02}-{segment:08}-{from:012}.bin"));
-    let copy = BufferedFile::create(&target).await?;
+    let target = damaged_path(dir, core, segment, from);
+    std::fs::create_dir_all(dir.join("damaged"))?;
+    if let Err(e) = copy_range(file, from, end, &target).await {
+        let _ = std::fs::remove_file(&target);
+        return Err(e);
+    }
 
+    file.truncate(from).await?;
+    if sync {
+        file.fdatasync().await?;
+    }
+    Ok(target)
+}
+
+/// Moves a whole segment whose bytes from `from` on are damaged to `<dir>/damaged/`, by rename.
+pub(crate) async fn move_aside(
+    dir: &Path,
+    core: u16,
+    segment: u32,
+    from: u64,
+) -> io::Result<PathBuf> {
+    let target = damaged_path(dir, core, segment, from);
+    std::fs::create_dir_all(dir.join("damaged"))?;
+    glommio::io::rename(segment_path(dir, core, segment), &target).await?;
+    Ok(target)
+}
+
+/// Copies bytes `from..end` of `file` into a new file at `target`, durably.
+async fn copy_range(file: &BufferedFile, from: u64, end: u64, target: &Path) -> io::Result<()> {
+    let copy = BufferedFile::create(target).await?;
     let mut pos = from;
     while pos < end {
         let want = COPY_CHUNK.min((end - pos) as usize);
@@ -208,6 +253,9 @@ pub(crate) async fn set_aside(
         }
         let written = copy.write_at(chunk.to_vec(), pos - from).await?;
         if written < chunk.len() {
+            // A regular file takes less than asked only when it cannot take more; one more byte
+            // tells why (usually ENOSPC).
+            copy.write_at(vec![0], pos - from + written as u64).await?;
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!("{}: short write", target.display()),
@@ -217,12 +265,7 @@ pub(crate) async fn set_aside(
     }
     copy.fdatasync().await?;
     copy.close().await?;
-
-    file.truncate(from).await?;
-    if sync {
-        file.fdatasync().await?;
-    }
-    Ok(target)
+    Ok(())
 }
 
 #[cfg(test)]

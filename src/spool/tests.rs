@@ -616,3 +616,139 @@ fn full_disk_fails_the_batch_loses_nothing_and_recovers_when_space_returns() {
     });
     drop(fs);
 }
+
+#[test]
+fn completions_refused_by_a_full_disk_still_free_their_segments_and_are_written_later() {
+    let fs = match SmallFileSystem::mount(512 << 10) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("skipped: cannot mount a small tmpfs to fill ({e}); needs CAP_SYS_ADMIN");
+            return;
+        }
+    };
+    let dir = fs.0.path().join("spool");
+    run(move || async move {
+        let (spool, _) = Spool::open(&dir, 0, &options(64 << 10)).await.unwrap();
+
+        // Fill the file system to the last byte the spool can use: large messages, then small.
+        let mut acknowledged = Vec::new();
+        for len in [16 << 10, 200] {
+            let mut n = acknowledged.len();
+            while let Ok(id) = spool.append(&envelope(n, 1), &body(n, len)).await {
+                acknowledged.push(id);
+                n += 1;
+                assert!(n < 5000, "the file system never filled up");
+            }
+        }
+        assert!(segment_files(&dir, 0).len() > 3);
+
+        // Every message is delivered, newest first, so no segment drains before the disk is
+        // full of completion records.
+        let mut refused = 0;
+        for &id in acknowledged.iter().rev() {
+            if let Err(e) = spool.complete(id, &[0]).await {
+                assert!(matches!(e, SpoolError::Full), "got {e}");
+                refused += 1;
+            }
+        }
+        assert!(refused > 0, "the full disk refused no completion record");
+        assert_eq!(
+            spool.pending_messages(),
+            0,
+            "finished messages pin no segment"
+        );
+
+        // Their segments were reclaimed, so new mail is taken again without outside help.
+        spool.reclaim().await;
+        assert_eq!(
+            segment_files(&dir, 0).len(),
+            1,
+            "only the newest segment stays"
+        );
+        let after = spool
+            .append(&envelope(9000, 1), &body(9000, 16 << 10))
+            .await
+            .expect("intake resumes once the delivered mail's segments are gone");
+        drop(spool);
+
+        // The refused completion records were written once there was room: nothing delivered
+        // comes back after a restart.
+        let (_spool, recovered) = Spool::open(&dir, 0, &options(64 << 10)).await.unwrap();
+        let ids: Vec<QueueId> = recovered.iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![after]);
+    });
+    drop(fs);
+}
+
+#[test]
+fn torn_tail_with_no_room_to_set_it_aside_still_opens_and_moves_aside_once_drained() {
+    let fs = match SmallFileSystem::mount(256 << 10) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("skipped: cannot mount a small tmpfs to fill ({e}); needs CAP_SYS_ADMIN");
+            return;
+        }
+    };
+    let dir = fs.0.path().join("spool");
+    let filler = fs.0.path().join("filler");
+    run(move || async move {
+        let (spool, _) = Spool::open(&dir, 0, &options(1 << 20)).await.unwrap();
+        let mut ids = Vec::new();
+        for n in 0..4 {
+            ids.push(
+                spool
+                    .append(&envelope(n, 1), &body(n, 8 << 10))
+                    .await
+                    .unwrap(),
+            );
+        }
+        drop(spool);
+
+        // A crash while writing the batch that took the last free space: half a record behind
+        // the good ones, and not a byte left.
+        let path = segment::segment_path(&dir, 0, 0);
+        let whole = std::fs::read(&path).unwrap();
+        let last = ids[3].offset as usize;
+        let torn = whole[last..last + (whole.len() - last) / 2].to_vec();
+        let mut damaged_segment = whole.clone();
+        damaged_segment.extend_from_slice(&torn);
+        std::fs::write(&path, &damaged_segment).unwrap();
+        let mut fill = std::fs::File::create(&filler).unwrap();
+        while std::io::Write::write_all(&mut fill, &[0u8; 512]).is_ok() {}
+        drop(fill);
+
+        let (spool, recovered) = Spool::open(&dir, 0, &options(1 << 20)).await.unwrap();
+        let recovered_ids: Vec<QueueId> = recovered.iter().map(|r| r.id).collect();
+        assert_eq!(recovered_ids, ids, "every good record is recovered");
+        assert_eq!(std::fs::read(&path).unwrap(), damaged_segment, "left whole");
+        assert!(
+            damaged_files(&dir).is_empty(),
+            "no partial copy is left behind"
+        );
+        assert!(read_message(&dir, ids[3]).await.is_ok());
+
+        // Space returns and the messages are done: the segment moves aside, damage and all.
+        std::fs::remove_file(&filler).unwrap();
+        let next = spool.append(&envelope(9, 1), &body(9, 100)).await.unwrap();
+        assert_eq!(next.segment, 1, "the damaged segment is not appended to");
+        for &id in &ids {
+            spool.complete(id, &[0]).await.unwrap();
+        }
+        spool.reclaim().await;
+        assert_eq!(segment_files(&dir, 0), vec![1]);
+        let damaged = damaged_files(&dir);
+        assert_eq!(damaged.len(), 1);
+        assert!(
+            damaged[0]
+                .to_string_lossy()
+                .ends_with(&format!("-{:012}.bin", whole.len()))
+        );
+        assert_eq!(std::fs::read(&damaged[0]).unwrap(), damaged_segment);
+        drop(spool);
+
+        let (_spool, recovered) = Spool::open(&dir, 0, &options(1 << 20)).await.unwrap();
+        let recovered_ids: Vec<QueueId> = recovered.iter().map(|r| r.id).collect();
+        assert_eq!(recovered_ids, vec![next]);
+    });
+    drop(fs);
+}

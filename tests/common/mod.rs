@@ -10,6 +10,7 @@
 
 mod ca;
 pub mod dns_front;
+pub mod faults;
 mod peers;
 mod process;
 pub mod receiver;
