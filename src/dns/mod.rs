@@ -16,7 +16,9 @@ mod cache;
 mod flight;
 mod resolv_conf;
 mod transport;
-mod wire;
+// Public only so that the fuzz targets under fuzz/ can feed it arbitrary replies.
+#[doc(hidden)]
+pub mod wire;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -52,16 +52,16 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
     loop {
         let rest = &buf[pos..];
         let Some(end) = memchr(b'\n', rest) else {
-            if rest.len() > MAX_REPLY_LINE {
+            // The CR of a line at the limit may have arrived without its LF.
+            if without_cr(rest).len() > MAX_REPLY_LINE {
                 return Err(ReplyError::LineTooLong);
             }
             return Ok(None);
         };
-        if end > MAX_REPLY_LINE + 1 {
+        let line = without_cr(&rest[..end]);
+        if line.len() > MAX_REPLY_LINE {
             return Err(ReplyError::LineTooLong);
         }
-        let line = &rest[..end];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
         pos += end + 1;
 
         let (line_code, last, text) = split_line(line)?;
@@ -99,6 +99,10 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
         }
     }
     Ok(Some((Reply::new(code, status, lines.join("\n")), pos)))
+}
+
+fn without_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Splits `250-text` into the code, whether it is the last line, and the text with control
@@ -336,6 +340,30 @@ mod tests {
         assert_eq!(
             parse_reply(endless.as_bytes()),
             Err(ReplyError::TooManyLines)
+        );
+    }
+
+    #[test]
+    fn line_limit_is_the_same_whether_or_not_the_lf_has_arrived() {
+        let mut at_limit = b"250 ".to_vec();
+        at_limit.resize(MAX_REPLY_LINE, b'x');
+        at_limit.extend_from_slice(b"\r\n");
+        for received in 0..at_limit.len() {
+            assert_eq!(
+                parse_reply(&at_limit[..received]),
+                Ok(None),
+                "{received} octets"
+            );
+        }
+        assert!(matches!(parse_reply(&at_limit), Ok(Some(_))));
+
+        let mut over_limit = b"250 ".to_vec();
+        over_limit.resize(MAX_REPLY_LINE + 1, b'x');
+        over_limit.push(b'\n');
+        assert_eq!(parse_reply(&over_limit), Err(ReplyError::LineTooLong));
+        assert_eq!(
+            parse_reply(&over_limit[..MAX_REPLY_LINE + 1]),
+            Err(ReplyError::LineTooLong)
         );
     }
 
