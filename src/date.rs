@@ -2,6 +2,14 @@
 
 /// `Thu, 01 Jan 1970 00:00:00 +0000` for a time in seconds since the Unix epoch.
 pub fn rfc5322_date(unix: u64) -> String {
+    let mut date = String::with_capacity(31);
+    push_rfc5322_date(&mut date, unix);
+    date
+}
+
+/// Appends the [`rfc5322_date`] of `unix` to `out` (every received message gets one, so it
+/// is written without `fmt`).
+pub fn push_rfc5322_date(out: &mut String, unix: u64) {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -9,14 +17,31 @@ pub fn rfc5322_date(unix: u64) -> String {
     let days = unix / 86_400;
     let seconds = unix % 86_400;
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        MONTHS[month as usize - 1],
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    )
+    out.push_str(DAYS[(days % 7) as usize]);
+    out.push_str(", ");
+    push_two_digits(out, day);
+    out.push(' ');
+    out.push_str(MONTHS[month as usize - 1]);
+    out.push(' ');
+    if year < 10_000 {
+        push_two_digits(out, year / 100);
+        push_two_digits(out, year % 100);
+    } else {
+        out.push_str(&year.to_string());
+    }
+    out.push(' ');
+    push_two_digits(out, seconds / 3600);
+    out.push(':');
+    push_two_digits(out, seconds / 60 % 60);
+    out.push(':');
+    push_two_digits(out, seconds % 60);
+    out.push_str(" +0000");
+}
+
+/// `n` (under 100) as two digits.
+fn push_two_digits(out: &mut String, n: u64) {
+    out.push(char::from(b'0' + (n / 10 % 10) as u8));
+    out.push(char::from(b'0' + (n % 10) as u8));
 }
 
 /// The proleptic Gregorian date (year, month 1-12, day) of a day count since 1970-01-01, by
@@ -67,6 +92,10 @@ mod tests {
         assert_eq!(
             rfc5322_date(13_574_563_200),
             "Tue, 29 Feb 2400 00:00:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(253_402_300_800),
+            "Sat, 01 Jan 10000 00:00:00 +0000"
         );
     }
 

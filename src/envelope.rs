@@ -11,13 +11,25 @@ pub struct QueueId {
     pub offset: u64,
 }
 
+/// `CCSSSSSSOOOOOOOO`: core, segment and offset in upper-case hex, 2, 6 and 8 digits wide
+/// (wider when a value needs more).
 impl fmt::Display for QueueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:02X}{:06X}{:08X}",
-            self.core, self.segment, self.offset
-        )
+        // Written by hand: it goes into the reply to every message.
+        let mut text = [0u8; 32];
+        let mut len = 0;
+        for (value, width) in [
+            (u64::from(self.core), 2),
+            (u64::from(self.segment), 6),
+            (self.offset, 8),
+        ] {
+            let digits = (64 - value.leading_zeros()).div_ceil(4).max(width) as usize;
+            for i in (0..digits).rev() {
+                text[len] = b"0123456789ABCDEF"[(value >> (4 * i)) as usize & 0xf];
+                len += 1;
+            }
+        }
+        f.write_str(std::str::from_utf8(&text[..len]).expect("hex digits are ASCII"))
     }
 }
 
@@ -77,5 +89,11 @@ mod tests {
             offset: 255,
         };
         assert_eq!(id.to_string(), "01000002000000FF");
+        let wide = QueueId {
+            core: 0x1ab,
+            segment: 0x1234567,
+            offset: 0x1_0000_0000,
+        };
+        assert_eq!(wide.to_string(), "1AB1234567100000000");
     }
 }

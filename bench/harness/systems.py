@@ -51,12 +51,12 @@ class Ceiling:
         return "the client sends straight to smtp-sink"
 
 
-def secmx_config(data_dir, port, sink_port, tls_pair, outbound, log_level="warn"):
+def secmx_config(data_dir, port, sink_port, tls_pair, outbound, log_level="warn", workers=0):
     cert, key = tls_pair
     return f"""# secmx under benchmark: durable spool, relay by route to the sink.
 hostname = "secmx-bench.example"
 data_dir = "{data_dir}"
-workers = 0
+workers = {workers}
 
 [[listener]]
 address = "127.0.0.1:{port}"

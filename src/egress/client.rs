@@ -337,9 +337,13 @@ impl Connection {
     }
 
     fn mail_command(&self, reverse_path: &str, recipients: &[String], body: &[u8]) -> String {
-        let mut mail = format!("MAIL FROM:<{reverse_path}>");
+        let mut mail = String::with_capacity(reverse_path.len() + 64);
+        mail.push_str("MAIL FROM:<");
+        mail.push_str(reverse_path);
+        mail.push('>');
         if self.extensions.size.is_some() {
-            mail.push_str(&format!(" SIZE={}", body.len()));
+            use std::fmt::Write;
+            let _ = write!(mail, " SIZE={}", body.len());
         }
         if self.extensions.eight_bit_mime && has_eight_bit(body) {
             mail.push_str(" BODY=8BITMIME");
@@ -360,7 +364,9 @@ impl Connection {
         let mut batch = mail.into_bytes();
         batch.extend_from_slice(b"\r\n");
         for recipient in recipients {
-            batch.extend_from_slice(format!("RCPT TO:<{recipient}>\r\n").as_bytes());
+            batch.extend_from_slice(b"RCPT TO:<");
+            batch.extend_from_slice(recipient.as_bytes());
+            batch.extend_from_slice(b">\r\n");
         }
         batch.extend_from_slice(b"DATA\r\n");
         self.write("MAIL FROM", &batch).await?;
@@ -411,7 +417,8 @@ impl Connection {
     async fn write_content(&mut self, body: &[u8]) -> Result<(), AttemptError> {
         let timeout = self.settings.data_timeout;
         let mut stuffer = DotStuffer::default();
-        let mut out = Vec::with_capacity(CONTENT_CHUNK + CONTENT_CHUNK / 8);
+        let chunk = body.len().min(CONTENT_CHUNK);
+        let mut out = Vec::with_capacity(chunk + chunk / 8 + 8);
         for chunk in body.chunks(CONTENT_CHUNK) {
             stuffer.push(chunk, &mut out);
             self.write_timed(timeout, "message content", &out).await?;

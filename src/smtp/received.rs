@@ -1,10 +1,9 @@
 //! The `Received:` trace header an SMTP server prepends to each message (RFC 5321 section 4.4,
 //! protocol names from RFC 3848) and the RFC 5322 section 3.3 date it ends with.
 
-use std::fmt::Write;
 use std::net::IpAddr;
 
-use crate::date::rfc5322_date;
+use crate::date::push_rfc5322_date;
 
 /// What the trace header records about one session.
 #[derive(Debug, Clone, Copy)]
@@ -31,17 +30,32 @@ impl Trace<'_> {
             (false, true) => "ESMTP",
             (false, false) => "SMTP",
         };
-        let mut header = format!(
-            "Received: from {} ({})\r\n\tby {} with {}",
-            self.helo,
-            address_literal(self.peer),
-            self.hostname,
-            protocol
+        // Built piece by piece rather than with `format!`: every message gets one.
+        let literal = address_literal(self.peer);
+        let tls = self.tls.unwrap_or_default();
+        let mut header = String::with_capacity(
+            self.helo.len() + literal.len() + self.hostname.len() + tls.len() + 96,
         );
-        if let Some(tls) = self.tls {
-            let _ = write!(header, " ({tls})");
+        for piece in [
+            "Received: from ",
+            self.helo,
+            " (",
+            &literal,
+            ")\r\n\tby ",
+            self.hostname,
+            " with ",
+            protocol,
+        ] {
+            header.push_str(piece);
         }
-        let _ = write!(header, ";\r\n\t{}\r\n", rfc5322_date(self.time));
+        if let Some(tls) = self.tls {
+            header.push_str(" (");
+            header.push_str(tls);
+            header.push(')');
+        }
+        header.push_str(";\r\n\t");
+        push_rfc5322_date(&mut header, self.time);
+        header.push_str("\r\n");
         header
     }
 }

@@ -102,15 +102,38 @@ impl Reply {
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let mut lines = self.text.split('\n').peekable();
         while let Some(line) = lines.next() {
-            let sep = if lines.peek().is_some() { '-' } else { ' ' };
+            let sep = if lines.peek().is_some() { b'-' } else { b' ' };
             let line = line.trim_end_matches('\r');
-            use std::io::Write;
-            let _ = match self.status {
-                Some(status) => write!(out, "{}{}{} {}\r\n", self.code, sep, status, line),
-                None => write!(out, "{}{}{}\r\n", self.code, sep, line),
-            };
+            push_decimal(out, self.code.into());
+            out.push(sep);
+            if let Some(status) = self.status {
+                push_decimal(out, status.class.into());
+                out.push(b'.');
+                push_decimal(out, status.subject.into());
+                out.push(b'.');
+                push_decimal(out, status.detail.into());
+                out.push(b' ');
+            }
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
     }
+}
+
+/// Appends `n` in decimal; replies are written for every command, so without `fmt`.
+fn push_decimal(out: &mut Vec<u8>, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The reply as it would appear on one log line: `550 5.1.1 text` with lines joined by ` / `.
@@ -144,6 +167,14 @@ mod tests {
         let mut out = Vec::new();
         Reply::new(250, None, "gw.example\nPIPELINING\nSTARTTLS").write_to(&mut out);
         assert_eq!(out, b"250-gw.example\r\n250-PIPELINING\r\n250 STARTTLS\r\n");
+    }
+
+    #[test]
+    fn numbers_are_written_in_full() {
+        let mut out = Vec::new();
+        Reply::new(250, Some(Status::new(2, 10, 0)), "a\nb").write_to(&mut out);
+        Reply::new(9, Some(Status::new(5, 0, 65535)), "odd").write_to(&mut out);
+        assert_eq!(out, b"250-2.10.0 a\r\n250 2.10.0 b\r\n9 5.0.65535 odd\r\n");
     }
 
     #[test]

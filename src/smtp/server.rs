@@ -21,17 +21,23 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use super::data::Feed;
+use super::data::{DataDecoder, Feed};
 use super::policy::{PolicyError, RecipientPolicy};
 use super::reply::{Reply, Status};
 use super::session::{Action, Session};
 use crate::config::{Config, Role, Smtp};
 use crate::envelope::{Envelope, QueueId};
 
-/// Read buffer size between messages; command lines never need more.
-const IDLE_BUFFER: usize = 4096;
+/// Read buffer size between messages: room for two longest command lines, and for a pipelined
+/// envelope of a few dozen recipients in one read. Idle sessions hold only this.
+const IDLE_BUFFER: usize = 1024;
 /// Read buffer size while a message is coming in.
-const DATA_BUFFER: usize = 64 * 1024;
+const DATA_BUFFER: usize = 32 * 1024;
+/// Message read buffers a core keeps for reuse once their messages are in: enough for the
+/// messages a busy core receives at once, at most 2 MiB.
+const SPARE_DATA_BUFFERS: usize = 64;
+/// Initial room for a message's content; larger messages grow it by doubling.
+const BODY_CAPACITY: usize = 4096;
 /// Longest command line with its CRLF (RFC 5321 section 4.5.3.1.4).
 const MAX_COMMAND_LINE: usize = 512;
 /// Bound on writing a last reply to a client that is being dropped.
@@ -86,6 +92,8 @@ pub struct IngressContext {
     pub policy: RecipientPolicy,
     /// Open connections of this core, over all its listeners.
     limits: Rc<ConnectionLimits>,
+    /// Message read buffers not in use, already allocated and initialised.
+    spare_data_buffers: RefCell<Vec<Vec<u8>>>,
 }
 
 impl IngressContext {
@@ -99,7 +107,22 @@ impl IngressContext {
             tls,
             policy,
             limits: Rc::default(),
+            spare_data_buffers: RefCell::default(),
         })
+    }
+
+    /// A read buffer of `DATA_BUFFER` bytes for a message, reused when one is spare.
+    fn take_data_buffer(&self) -> Vec<u8> {
+        let spare = self.spare_data_buffers.borrow_mut().pop();
+        spare.unwrap_or_else(|| vec![0; DATA_BUFFER])
+    }
+
+    /// Keeps a message read buffer for the next message, within `SPARE_DATA_BUFFERS`.
+    fn give_back_data_buffer(&self, buffer: Vec<u8>) {
+        let mut spare = self.spare_data_buffers.borrow_mut();
+        if buffer.len() == DATA_BUFFER && spare.len() < SPARE_DATA_BUFFERS {
+            spare.push(buffer);
+        }
     }
 
     /// Sessions open on this core.
@@ -227,11 +250,20 @@ async fn serve_connection<I: Intake>(
     if discarded > 0 {
         tracing::info!(discarded, "plaintext sent behind STARTTLS dropped");
     }
+    // The handshake and the TLS session live in an allocation of their own, so that a
+    // plaintext session's task (idle sessions above all) has no room set aside for them.
+    Box::pin(serve_tls(plain.stream, session, &ctx, &*intake)).await;
+}
+
+/// The STARTTLS handshake, then the session inside TLS until it ends.
+async fn serve_tls<I: Intake>(
+    stream: TcpStream,
+    mut session: Session,
+    ctx: &IngressContext,
+    intake: &I,
+) {
     let acceptor = futures_rustls::TlsAcceptor::from(ctx.tls.clone());
-    let handshake = within(
-        ctx.config.smtp.command_timeout,
-        acceptor.accept(plain.stream),
-    );
+    let handshake = within(ctx.config.smtp.command_timeout, acceptor.accept(stream));
     let stream = match handshake.await {
         Some(Ok(stream)) => stream,
         Some(Err(error)) => {
@@ -248,7 +280,7 @@ async fn serve_connection<I: Intake>(
     session.tls_started(tls);
 
     let mut secure = Connection::new(stream, &ctx.config.smtp);
-    let outcome = secure.run(&mut session, &ctx, &*intake).await;
+    let outcome = secure.run(&mut session, ctx, intake).await;
     debug_assert_ne!(outcome, Outcome::StartTls, "STARTTLS is refused inside TLS");
     secure.close().await;
 }
@@ -293,6 +325,8 @@ struct Connection<S> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The idle-size read buffer, set aside while `buf` is a message buffer.
+    idle_buf: Vec<u8>,
     /// Replies not yet written.
     out: Vec<u8>,
     /// Inside a command line longer than 512 octets, waiting for its CRLF.
@@ -309,7 +343,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             buf: vec![0; IDLE_BUFFER],
             start: 0,
             end: 0,
-            out: Vec::with_capacity(512),
+            idle_buf: Vec::new(),
+            out: Vec::with_capacity(256),
             skipping_long_line: false,
             greeting_timeout: smtp.greeting_timeout,
             command_timeout: smtp.command_timeout,
@@ -361,7 +396,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 continue;
             };
             if action == Action::EnterData {
-                action = self.receive_message(session, intake).await?;
+                // In a box of its own: an idle session's task need not have room for a
+                // message in progress and its spool submission.
+                action = Box::pin(self.receive_message(session, ctx, intake)).await?;
             }
             match action {
                 Action::Quit => {
@@ -403,22 +440,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn receive_message<I: Intake>(
         &mut self,
         session: &mut Session,
+        ctx: &IngressContext,
         intake: &I,
     ) -> Result<Action, Stop> {
         let mut decoder = session.data_decoder();
-        let mut body = session.received_header().into_bytes();
-        self.buf.resize(DATA_BUFFER, 0);
-        loop {
-            match decoder.feed(&self.buf[self.start..self.end], &mut body) {
-                Feed::End { consumed } => {
-                    self.start += consumed;
-                    break;
-                }
-                Feed::More => self.start = self.end,
-            }
-            self.fill(self.data_timeout).await?;
-        }
-        self.shrink_buffer();
+        let header = session.received_header();
+        let mut body = Vec::with_capacity(header.len() + BODY_CAPACITY);
+        body.extend_from_slice(header.as_bytes());
+        self.enter_data(ctx);
+        let received = self.read_content(&mut decoder, &mut body).await;
+        self.leave_data(ctx);
+        received?;
 
         let verdict = decoder.finish();
         if let Err(error) = verdict {
@@ -444,6 +476,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         session.submitted(result, &mut self.out);
         Ok(Action::Continue)
+    }
+
+    /// Decodes the message content into `body` up to its end of data.
+    async fn read_content(
+        &mut self,
+        decoder: &mut DataDecoder,
+        body: &mut Vec<u8>,
+    ) -> Result<(), Stop> {
+        loop {
+            match decoder.feed(&self.buf[self.start..self.end], body) {
+                Feed::End { consumed } => {
+                    self.start += consumed;
+                    return Ok(());
+                }
+                Feed::More => self.start = self.end,
+            }
+            self.fill(self.data_timeout).await?;
+        }
+    }
+
+    /// Moves what is buffered into a message-sized read buffer, one of the core's spares when
+    /// there is one: no allocation and no zeroing per message.
+    fn enter_data(&mut self, ctx: &IngressContext) {
+        if self.buf.len() >= DATA_BUFFER {
+            return;
+        }
+        let mut data_buf = ctx.take_data_buffer();
+        let pending = self.end - self.start;
+        data_buf[..pending].copy_from_slice(&self.buf[self.start..self.end]);
+        self.idle_buf = std::mem::replace(&mut self.buf, data_buf);
+        (self.start, self.end) = (0, pending);
+    }
+
+    /// Back to the idle buffer after a message, keeping pipelined bytes behind it; the message
+    /// buffer goes back to the core. When more is pending than the idle buffer holds, the
+    /// message buffer stays until the next message ends.
+    fn leave_data(&mut self, ctx: &IngressContext) {
+        let pending = self.end - self.start;
+        if self.buf.len() <= IDLE_BUFFER || pending > IDLE_BUFFER {
+            return;
+        }
+        let mut idle_buf = std::mem::take(&mut self.idle_buf);
+        idle_buf.resize(IDLE_BUFFER, 0);
+        idle_buf[..pending].copy_from_slice(&self.buf[self.start..self.end]);
+        let data_buf = std::mem::replace(&mut self.buf, idle_buf);
+        (self.start, self.end) = (0, pending);
+        ctx.give_back_data_buffer(data_buf);
     }
 
     /// Sends pending replies, then reads more bytes; `Eof` when the client closed.
@@ -483,18 +562,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Ok(())
             }
         }
-    }
-
-    /// Back to the idle size after a message, keeping pipelined bytes behind it.
-    fn shrink_buffer(&mut self) {
-        let pending = self.end - self.start;
-        if pending > IDLE_BUFFER {
-            return;
-        }
-        self.buf.copy_within(self.start..self.end, 0);
-        (self.start, self.end) = (0, pending);
-        self.buf.truncate(IDLE_BUFFER);
-        self.buf.shrink_to_fit();
     }
 
     /// Sends what is pending and closes; for TLS this includes close_notify.

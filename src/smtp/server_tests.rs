@@ -370,6 +370,42 @@ fn pipelined_commands_are_answered_in_order() {
 }
 
 #[test]
+fn large_message_and_long_pipelined_group_behind_it_arrive_intact() {
+    let padding = "x".repeat(70);
+    let content: String = (0..1500).map(|i| format!("{i:05} {padding}\r\n")).collect();
+    let mut behind = String::from(".\r\nMAIL FROM:<alice@example.net>\r\n");
+    for i in 1..=40 {
+        behind.push_str(&format!("RCPT TO:<member{i:03}@example.org>\r\n"));
+    }
+    behind.push_str("DATA\r\n");
+    let sent = content.clone();
+    let messages = with_server("", move |at| {
+        let mut c = Client::connect(at.ber);
+        c.expect("220");
+        c.send(b"EHLO client.example\r\nMAIL FROM:<alice@example.net>\r\n");
+        c.expect("250-");
+        c.expect("250 2.1.0");
+        c.send(b"RCPT TO:<bob@example.org>\r\nDATA\r\n");
+        c.expect("250 2.1.5");
+        c.expect("354");
+        c.send(format!("{sent}{behind}").as_bytes());
+        c.expect("250 2.0.0 Ok: queued as");
+        c.expect("250 2.1.0");
+        for _ in 1..=40 {
+            c.expect("250 2.1.5");
+        }
+        c.expect("354");
+        c.send(b"second\r\n.\r\nQUIT\r\n");
+        c.expect("250 2.0.0 Ok: queued as");
+        c.expect("221");
+    });
+    assert_eq!(messages.len(), 2);
+    assert!(messages[0].1.ends_with(content.as_bytes()));
+    assert_eq!(messages[1].0.recipients.len(), 40);
+    assert!(messages[1].1.ends_with(b"+0000\r\nsecond\r\n"));
+}
+
+#[test]
 fn starttls_drops_plaintext_pipelined_behind_it() {
     let messages = with_server("", |at| {
         let mut c = Client::connect(at.ber);

@@ -94,11 +94,16 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
             if let Some(rest) = line.strip_prefix(&prefix)
                 && (rest.is_empty() || rest.starts_with(' '))
             {
-                *line = rest.strip_prefix(' ').unwrap_or(rest).to_string();
+                let space = usize::from(rest.starts_with(' '));
+                line.drain(..prefix.len() + space);
             }
         }
     }
-    Ok(Some((Reply::new(code, status, lines.join("\n")), pos)))
+    let text = match <[String; 1]>::try_from(lines) {
+        Ok([line]) => line,
+        Err(lines) => lines.join("\n"),
+    };
+    Ok(Some((Reply::new(code, status, text), pos)))
 }
 
 fn without_cr(line: &[u8]) -> &[u8] {
@@ -122,7 +127,18 @@ fn split_line(line: &[u8]) -> Result<(u16, bool, String), ReplyError> {
         [b'-', text @ ..] => (false, text),
         _ => return Err(malformed()),
     };
-    let text = String::from_utf8_lossy(text)
+    Ok((code, last, printable(text)))
+}
+
+/// The text with invalid UTF-8 and control characters (other than tab) replaced.
+fn printable(text: &[u8]) -> String {
+    let plain = |b: &u8| (0x20..0x7f).contains(b) || *b == b'\t';
+    if text.iter().all(plain)
+        && let Ok(text) = std::str::from_utf8(text)
+    {
+        return text.to_owned();
+    }
+    String::from_utf8_lossy(text)
         .chars()
         .map(|ch| {
             if ch.is_control() && ch != '\t' {
@@ -131,8 +147,7 @@ fn split_line(line: &[u8]) -> Result<(u16, bool, String), ReplyError> {
                 ch
             }
         })
-        .collect();
-    Ok((code, last, text))
+        .collect()
 }
 
 /// The service extensions a server listed in its EHLO reply.
@@ -177,7 +192,7 @@ impl Extensions {
 
 /// True when the content has octets outside US-ASCII and so needs `BODY=8BITMIME`.
 pub fn has_eight_bit(body: &[u8]) -> bool {
-    body.iter().any(|&b| b >= 0x80)
+    !body.is_ascii()
 }
 
 /// True when a mailbox can go into a command line as is: no control characters, so nothing in

@@ -12,7 +12,7 @@ use glommio::net::TcpStream;
 use super::protocol::{ReplyError, parse_reply};
 use crate::smtp::reply::Reply;
 
-/// Smallest free space offered to one read.
+/// Read buffer size; a reply that does not fit grows it by this much.
 const READ_CHUNK: usize = 8 * 1024;
 
 /// The connection, before or after STARTTLS.
@@ -72,29 +72,32 @@ pub(super) enum WireError {
 /// buffered for the next one (pipelining, RFC 2920).
 pub(super) struct Wire {
     stream: Stream,
+    /// Received bytes live in `buf[start..end]`; the buffer is initialised once and reused.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
 
 impl Wire {
     pub(super) fn new(stream: Stream) -> Wire {
         Wire {
             stream,
-            buf: Vec::with_capacity(READ_CHUNK),
+            buf: vec![0; READ_CHUNK],
             start: 0,
+            end: 0,
         }
     }
 
     /// Bytes received but not yet consumed as a reply.
     pub(super) fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// Reads until one complete reply is buffered and returns it.
     pub(super) async fn read_reply(&mut self) -> Result<Reply, WireError> {
         loop {
             if let Some((reply, used)) =
-                parse_reply(&self.buf[self.start..]).map_err(WireError::Reply)?
+                parse_reply(&self.buf[self.start..self.end]).map_err(WireError::Reply)?
             {
                 self.start += used;
                 return Ok(reply);
@@ -103,24 +106,25 @@ impl Wire {
         }
     }
 
+    /// Reads more after the incomplete reply at the front of the buffer. The buffer grows only
+    /// for a reply longer than it (`parse_reply` bounds how long a reply may get).
     async fn fill(&mut self) -> io::Result<()> {
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
         }
-        let filled = self.buf.len();
-        self.buf.resize(filled + READ_CHUNK, 0);
-        let read = self.stream.read(&mut self.buf[filled..]).await;
-        self.buf.truncate(filled + *read.as_ref().unwrap_or(&0));
-        match read? {
+        if self.end == self.buf.len() {
+            self.buf.resize(self.end + READ_CHUNK, 0);
+        }
+        match self.stream.read(&mut self.buf[self.end..]).await? {
             0 => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "connection closed by the server",
             )),
-            _ => Ok(()),
+            read => {
+                self.end += read;
+                Ok(())
+            }
         }
     }
 
