@@ -363,9 +363,8 @@ impl Shard {
     }
 
     /// Records finished recipients in the spool holding the message, on whichever core that is.
-    /// Waits for nothing but the hand-over to another core: the record reaches the disk with
-    /// the spool's next flush (see [`Spool::complete_soon`]), and the delivery worker goes on
-    /// to its next message meanwhile.
+    /// On this core it waits until the record is durable, so that a crash repeats at most the
+    /// deliveries in flight; for another core it waits only for the hand-over.
     pub async fn complete(self: &Rc<Self>, id: QueueId, recipients: Vec<u32>) {
         let owner = id.core as usize % self.cores;
         if owner != self.index {
@@ -375,18 +374,23 @@ impl Shard {
             }
             return;
         }
-        self.complete_here(id, &recipients);
+        self.complete_here(id, recipients).await;
     }
 
     /// [`Shard::complete`] for a message in a spool of this core.
-    fn complete_here(&self, id: QueueId, recipients: &[u32]) {
+    async fn complete_here(&self, id: QueueId, recipients: Vec<u32>) {
         let Some(spool) = self.spools.get(&id.core) else {
             tracing::error!(queue_id = %id, "no spool for this queue id on this core");
             return;
         };
-        if let Err(e) = spool.complete_soon(id, recipients) {
+        match spool.complete(id, &recipients).await {
+            Ok(()) => {}
+            // Counted as finished all the same; the spool writes the record when it has room.
+            Err(SpoolError::Full) => {
+                tracing::warn!(queue_id = %id, "completion not yet durable: spool full")
+            }
             // The recipients were handled; at worst they are tried again after a restart.
-            tracing::error!(queue_id = %id, error = %e, "cannot record completion");
+            Err(e) => tracing::error!(queue_id = %id, error = %e, "cannot record completion"),
         }
     }
 
@@ -531,7 +535,11 @@ impl Shard {
                     match message {
                         ShardMessage::Deliver(job) => shard.enqueue(job),
                         ShardMessage::Completed { id, recipients } => {
-                            shard.complete_here(id, &recipients)
+                            let shard = shard.clone();
+                            glommio::spawn_local(async move {
+                                shard.complete_here(id, recipients).await
+                            })
+                            .detach();
                         }
                         ShardMessage::Relocated(moves) => shard.learn_relocations(&moves),
                     }
