@@ -231,26 +231,45 @@ pub struct Config {
 
 impl Config {
     /// Reads and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads and validates a configuration file; `data_dir`, when given, replaces the file's
+    /// `data_dir` before relative paths are resolved against it.
+    pub fn load(path: &Path, data_dir: Option<&Path>) -> Result<Config, ConfigError> {
         let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: source.clone(),
             key: String::new(),
             problem: format!("cannot read: {e}"),
         })?;
-        Config::parse(&text, &source, path.parent())
+        Config::parse_with(&text, &source, path.parent(), data_dir)
     }
 
     /// The embedded default, with `data_dir` relative to the working directory.
     pub fn embedded_default() -> Config {
-        Config::parse(EMBEDDED_DEFAULT, "<embedded default>", None)
+        Config::embedded_default_with(None)
+    }
+
+    /// The embedded default with another data directory.
+    pub fn embedded_default_with(data_dir: Option<&Path>) -> Config {
+        Config::parse_with(EMBEDDED_DEFAULT, "<embedded default>", None, data_dir)
             .expect("the embedded default configuration is valid")
     }
 
     /// Parses configuration text. `base` is where a relative `data_dir` is resolved; the working
     /// directory when `None`.
     pub fn parse(text: &str, source: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
-        let raw: raw::File = toml::from_str(text).map_err(|e| toml_error(source, &e))?;
+        Config::parse_with(text, source, base, None)
+    }
+
+    fn parse_with(
+        text: &str,
+        source: &str,
+        base: Option<&Path>,
+        data_dir: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw: raw::File = toml::from_str(text).map_err(|e| toml_error(source, &e))?;
+        if let Some(dir) = data_dir {
+            raw.data_dir = Some(dir.display().to_string());
+        }
         raw.validate(source, base)
     }
 
@@ -348,7 +367,7 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct File {
         hostname: Option<String>,
-        data_dir: Option<String>,
+        pub(super) data_dir: Option<String>,
         workers: Option<usize>,
         #[serde(default)]
         listener: Vec<RawListener>,
@@ -565,13 +584,15 @@ mod raw {
                 Some(h) => c.domain("hostname", &h)?,
                 None => system_hostname(),
             };
+            // Absolute, so that no later change of working directory moves the spool.
             let data_dir = {
                 let text = self.data_dir.as_deref().unwrap_or("secmx-data");
-                let path = Path::new(text);
-                match base {
-                    Some(base) if path.is_relative() => base.join(path),
-                    _ => path.to_path_buf(),
-                }
+                let path = match base {
+                    Some(base) if !base.as_os_str().is_empty() => base.join(text),
+                    _ => PathBuf::from(text),
+                };
+                std::path::absolute(&path)
+                    .map_err(|e| c.error("data_dir", format!("cannot resolve `{text}`: {e}")))?
             };
 
             if self.listener.is_empty() {

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod date;
 pub mod dns;
 pub mod egress;
 pub mod envelope;

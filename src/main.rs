@@ -1,3 +1,8 @@
+use std::process::ExitCode;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-fn main() {}
+
+fn main() -> ExitCode {
+    secmx::cli::main()
+}

@@ -1,0 +1,1 @@
+"""The pieces of the secmx load benchmark (see bench/README.md)."""
