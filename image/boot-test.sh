@@ -15,12 +15,13 @@
 # 127.0.0.1. The disks are read afterwards with debugfs (no mounting).
 #
 # Usage: image/boot-test.sh   (as root; installs QEMU, OVMF and the other tools it needs)
-# Environment: SECMX_IMAGE_OUT (default target/image), SECMX_BOOT_TIMEOUT (default 120 s)
+# Environment: SECMX_IMAGE_OUT (default target/image), SECMX_BOOT_TIMEOUT (default 150 s),
+# SECMX_KEEP_TEST_DIR=1 to keep the consoles and disks
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 IMAGE_DIR=${SECMX_IMAGE_OUT:-$REPO/target/image}
-BOOT_TIMEOUT=${SECMX_BOOT_TIMEOUT:-120}
+BOOT_TIMEOUT=${SECMX_BOOT_TIMEOUT:-150}
 POWEROFF_TIMEOUT=90
 OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd
 OVMF_VARS=/usr/share/OVMF/OVMF_VARS_4M.fd
@@ -182,7 +183,8 @@ make_config_iso() {
 		dns = []
 		hostname = "appliance.$LOCAL_DOMAIN"
 	EOF
-	xorriso -as mkisofs -quiet -V SECMX-CFG -J -r -o "$TEST_DIR/config.iso" "$TEST_DIR/config"
+	xorriso -as mkisofs -quiet -V SECMX-CFG -J -r -o "$TEST_DIR/config.iso" "$TEST_DIR/config" \
+		2> "$TEST_DIR/xorriso.log"
 }
 
 # Extracts the kernel and initramfs from the image's ESP (mtools reads the FAT at its offset).
@@ -197,11 +199,11 @@ choose_accelerator() {
 	CPU=max
 	if [ -w /dev/kvm ]; then
 		extract_boot_files
-		timeout 60 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -display none \
+		(timeout 60 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -display none \
 			-no-reboot -serial "file:$TEST_DIR/kvm-probe.log" \
 			-kernel "$TEST_DIR/vmlinuz" -initrd "$TEST_DIR/initrd.img" \
-			-append "console=ttyS0 rdinit=/bin/busybox panic=-1 -- poweroff -f" \
-			> /dev/null 2>&1
+			-append "console=ttyS0 rdinit=/bin/busybox panic=-1 -- poweroff -f") \
+			> "$TEST_DIR/kvm-probe.err" 2>&1
 		if grep -q 'reboot: Power down' "$TEST_DIR/kvm-probe.log"; then
 			ACCEL=kvm
 			CPU=host
@@ -270,8 +272,13 @@ power_off() {
 	wait "$QEMU_PID"
 	status=$?
 	[ "$status" -eq 0 ] || log "QEMU exited with status $status"
-	grep -q "secmx-appliance: $last_words" "$CONSOLE" || log "the console never said \"$last_words\""
-	[ "$status" -eq 0 ] && grep -q "secmx-appliance: $last_words" "$CONSOLE"
+	console_says "$last_words" || log "the console never said \"$last_words\""
+	[ "$status" -eq 0 ] && console_says "$last_words"
+}
+
+# True if the appliance said this on the console (its lines: "secmx-appliance: [UPTIME] ...").
+console_says() {
+	grep -q "secmx-appliance: \[[0-9.]*\] $1" "$CONSOLE"
 }
 
 not_in_console() {
@@ -296,7 +303,7 @@ messages_with_token() {
 }
 
 spool_uuid() {
-	sed -n 's/.*secmx-appliance: spool: .* uuid=\([0-9a-f-]*\).*/\1/p' "$1" | tail -n 1
+	sed -n 's/.*secmx-appliance: \[[0-9.]*\] spool: .* uuid=\([0-9a-f-]*\).*/\1/p' "$1" | tail -n 1
 }
 
 # test_persistence NAME FIRMWARE MACHINE: two boots of one pair of disks.
@@ -321,9 +328,9 @@ test_persistence() {
 		fail "$name boot 1: 220 banner"
 	fi
 	check "$name boot 1: blank spool disk formatted" \
-		grep -q "spool: .* is blank: formatting" "$CONSOLE"
+		console_says "spool: .* is blank: formatting"
 	check "$name boot 1: config read from the SECMX-CFG volume" \
-		grep -q "config: .* from SECMX-CFG volume" "$CONSOLE"
+		console_says "config: .* from SECMX-CFG volume"
 	check "$name boot 1: message to $LOCAL_DOMAIN accepted over STARTTLS" \
 		python3 "$TEST_DIR/smtp.py" send "$PORT" "sender@boot-test.localhost" \
 		"postmaster@$LOCAL_DOMAIN" "$token"
@@ -370,11 +377,11 @@ test_defaults() {
 		fail "defaults: 220 banner"
 	fi
 	check "defaults: the console says the built-in default runs" \
-		grep -q "No config volume labelled SECMX-CFG" "$CONSOLE"
+		console_says ".*No config volume labelled SECMX-CFG"
 	check "defaults: the console warns of the volatile spool" \
-		grep -q "VOLATILE spool" "$CONSOLE"
+		console_says ".*VOLATILE spool"
 	check "defaults: the disk with a partition table is left alone (console)" \
-		grep -q "is not blank and not labelled secmx-spool: not touched" "$CONSOLE"
+		console_says "spool: .* is not blank and not labelled secmx-spool: not touched"
 	check "defaults: ACPI power button stops the guest cleanly" power_off "powering off"
 	check "defaults: the disk with a partition table is unchanged" \
 		test "$(sha256sum < "$other")" = "$before"

@@ -36,7 +36,7 @@ ESP_MIN_MIB=64
 
 HOST_PACKAGES=(
 	binutils ca-certificates cpio dosfstools e2fsprogs gdisk git kmod mtools qemu-utils
-	syslinux syslinux-common systemd-boot-efi zstd
+	lz4 syslinux syslinux-common systemd-boot-efi
 )
 # What the guest is made of, besides the kernel and secmx.
 GUEST_PACKAGES=(
@@ -209,13 +209,15 @@ os_release() {
 	EOF
 }
 
+# The initramfs is LZ4-compressed (the legacy frame format the kernel reads): it unpacks several
+# times faster than zstd or xz, which matters most for emulated (TCG) boots, for a few MiB more.
 make_initramfs() {
 	find "$ROOTFS" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 	(
 		cd "$ROOTFS"
 		find . -mindepth 1 | LC_ALL=C sort |
 			cpio -o -H newc -R 0:0 --reproducible --quiet
-	) | zstd -q -19 -T1 > "$WORK/initrd.img"
+	) | lz4 -q -l -9 > "$WORK/initrd.img"
 	cp "$PKGROOT/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
 	log "initramfs: $(du -h "$WORK/initrd.img" | cut -f1), kernel: $(du -h "$WORK/vmlinuz" | cut -f1)"
 }
@@ -329,6 +331,8 @@ main() {
 	install_host_tools
 	build_secmx
 	[ -x "$SECMX" ] || die "no secmx binary at $SECMX"
+	"$SECMX" check-config --config "$SRC/rootfs/etc/secmx-appliance/default.toml" > /dev/null ||
+		die "secmx rejects the appliance's built-in default configuration"
 	rm -rf "$WORK"
 	mkdir -p "$WORK"
 	fetch_guest_packages
