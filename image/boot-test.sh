@@ -73,7 +73,7 @@ finish() {
 
 install_test_tools() {
 	local missing=() package version
-	for package in ovmf seabios xorriso e2fsprogs gdisk mtools python3; do
+	for package in ovmf seabios xorriso e2fsprogs dosfstools gdisk mtools python3; do
 		command -v "$package" > /dev/null 2>&1 && continue
 		dpkg-query -W -f='${Status}' "$package" 2> /dev/null | grep -q 'ok installed' ||
 			missing+=("$package")
@@ -162,9 +162,19 @@ write_helpers() {
 	EOF
 }
 
-make_config_iso() {
-	mkdir -p "$TEST_DIR/config"
-	cat > "$TEST_DIR/config/secmx.toml" <<- EOF
+# make_config_volume NAME dhcp|static iso|fat: the SECMX-CFG volume for one test, as an ISO
+# image or a FAT disk image, with the network by DHCP or static (in QEMU's user-mode network the
+# guest is 10.0.2.15, the gateway 10.0.2.2). Sets CONFIG_VOLUME to its path.
+make_config_volume() {
+	local name=$1 format=$3 network
+	if [ "$2" = static ]; then
+		network='address = "10.0.2.15/24"
+gateway = "10.0.2.2"'
+	else
+		network='dhcp = true'
+	fi
+	mkdir -p "$TEST_DIR/config-$name"
+	cat > "$TEST_DIR/config-$name/secmx.toml" <<- EOF
 		hostname = "appliance.$LOCAL_DOMAIN"
 
 		[[listener]]
@@ -179,12 +189,18 @@ make_config_iso() {
 		maildir = "maildir/$LOCAL_DOMAIN"
 
 		[appliance]
-		dhcp = true
+		$network
 		dns = []
 		hostname = "appliance.$LOCAL_DOMAIN"
 	EOF
-	xorriso -as mkisofs -quiet -V SECMX-CFG -J -r -o "$TEST_DIR/config.iso" "$TEST_DIR/config" \
-		2> "$TEST_DIR/xorriso.log"
+	CONFIG_VOLUME=$TEST_DIR/config-$name.$format
+	if [ "$format" = fat ]; then
+		mkfs.fat -C -n SECMX-CFG "$CONFIG_VOLUME" 4096 > /dev/null &&
+			MTOOLS_SKIP_CHECK=1 mcopy -i "$CONFIG_VOLUME" "$TEST_DIR/config-$name/secmx.toml" ::/
+	else
+		xorriso -as mkisofs -quiet -V SECMX-CFG -J -r -o "$CONFIG_VOLUME" \
+			"$TEST_DIR/config-$name" 2> "$TEST_DIR/xorriso.log"
+	fi
 }
 
 # Extracts the kernel and initramfs from the image's ESP (mtools reads the FAT at its offset).
@@ -306,18 +322,20 @@ spool_uuid() {
 	sed -n 's/.*secmx-appliance: \[[0-9.]*\] spool: .* uuid=\([0-9a-f-]*\).*/\1/p' "$1" | tail -n 1
 }
 
-# test_persistence NAME FIRMWARE MACHINE: two boots of one pair of disks.
+# test_persistence NAME FIRMWARE MACHINE dhcp|static iso|fat DEVICE-ARGS...: two boots of one
+# set of disks.
 test_persistence() {
-	local name=$1 firmware=$2 machine=$3 token uuid1 uuid2 devices
+	local name=$1 firmware=$2 machine=$3 network=$4 config_format=$5 token uuid1 uuid2 devices
 	local os=$TEST_DIR/$name-os.qcow2 spool=$TEST_DIR/$name-spool.qcow2
 	token="boot-test-$name-$(date +%s%N)"
 	qemu-img create -q -f qcow2 -F qcow2 -b "$IMAGE_DIR/secmx-appliance.qcow2" "$os"
 	cp "$IMAGE_DIR/secmx-spool.qcow2" "$spool"
-	devices=("${@:4}")
+	make_config_volume "$name" "$network" "$config_format"
+	devices=("${@:6}")
 	# Placeholders in the device list: the two disks and the config ISO.
 	devices=("${devices[@]//@OS@/$os}")
 	devices=("${devices[@]//@SPOOL@/$spool}")
-	devices=("${devices[@]//@CONFIG@/$TEST_DIR/config.iso}")
+	devices=("${devices[@]//@CONFIG@/$CONFIG_VOLUME}")
 
 	BOOT=1
 	start_qemu "$name" "$firmware" "$machine" "${devices[@]}"
@@ -329,8 +347,15 @@ test_persistence() {
 	fi
 	check "$name boot 1: blank spool disk formatted" \
 		console_says "spool: .* is blank: formatting"
-	check "$name boot 1: config read from the SECMX-CFG volume" \
+	check "$name boot 1: config read from the SECMX-CFG volume ($config_format)" \
 		console_says "config: .* from SECMX-CFG volume"
+	if [ "$network" = static ]; then
+		check "$name boot 1: static address from the config" \
+			console_says "network: eth0 10.0.2.15/24 (static)"
+	else
+		check "$name boot 1: address from DHCP" \
+			console_says "network: eth0 10.0.2.15/24 from DHCP server"
+	fi
 	check "$name boot 1: message to $LOCAL_DOMAIN accepted over STARTTLS" \
 		python3 "$TEST_DIR/smtp.py" send "$PORT" "sender@boot-test.localhost" \
 		"postmaster@$LOCAL_DOMAIN" "$token"
@@ -401,19 +426,18 @@ main() {
 	TEST_DIR=$(mktemp -d /tmp/secmx-boot-test.XXXXXX)
 	log "work directory $TEST_DIR"
 	write_helpers
-	make_config_iso
 	choose_accelerator
 
-	test_persistence uefi uefi q35 \
+	test_persistence uefi uefi q35 dhcp iso \
 		-drive "if=none,id=os,format=qcow2,file=@OS@" -device "virtio-blk-pci,drive=os,bootindex=0" \
 		-drive "if=none,id=spool,format=qcow2,file=@SPOOL@" -device "virtio-blk-pci,drive=spool" \
 		-drive "if=none,id=config,media=cdrom,readonly=on,file=@CONFIG@" -device "ide-cd,drive=config" \
 		-device "virtio-net-pci,netdev=net0"
-	test_persistence bios bios pc \
+	test_persistence bios bios pc static fat \
 		-drive "if=none,id=os,format=qcow2,file=@OS@" -device "ide-hd,drive=os,bus=ide.0,bootindex=0" \
 		-device "virtio-scsi-pci,id=scsi" \
 		-drive "if=none,id=spool,format=qcow2,file=@SPOOL@" -device "scsi-hd,drive=spool,bus=scsi.0" \
-		-drive "if=none,id=config,media=cdrom,readonly=on,file=@CONFIG@" -device "ide-cd,drive=config,bus=ide.1" \
+		-drive "if=none,id=config,format=raw,file=@CONFIG@" -device "ide-hd,drive=config,bus=ide.1" \
 		-device "e1000,netdev=net0"
 	test_defaults
 

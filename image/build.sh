@@ -35,8 +35,8 @@ GPTMBR=/usr/lib/syslinux/mbr/gptmbr.bin
 ESP_MIN_MIB=64
 
 HOST_PACKAGES=(
-	binutils ca-certificates cpio dosfstools e2fsprogs gdisk git kmod mtools qemu-utils
-	lz4 syslinux syslinux-common systemd-boot-efi
+	binutils ca-certificates cpio dosfstools e2fsprogs faketime gdisk git kmod lz4 mtools
+	qemu-utils syslinux syslinux-common systemd-boot-efi
 )
 # What the guest is made of, besides the kernel and secmx.
 GUEST_PACKAGES=(
@@ -75,7 +75,10 @@ build_secmx() {
 	local cargo_home=${CARGO_HOME:-$HOME/.cargo}
 	(
 		cd "$REPO"
-		RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$REPO=secmx --remap-path-prefix=$cargo_home=cargo" \
+		# SOURCE_DATE_EPOCH is kept from cargo: C build scripts of dependencies watch it, and a
+		# changed value would rebuild them.
+		env -u SOURCE_DATE_EPOCH \
+			RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$REPO=secmx --remap-path-prefix=$cargo_home=cargo" \
 			cargo build --release --locked --target x86_64-unknown-linux-gnu
 	)
 	SECMX=$REPO/target/x86_64-unknown-linux-gnu/release/secmx
@@ -239,7 +242,8 @@ make_uki() {
 		args+=(--change-section-vma ".${section%%:*}=$(printf 0x%x "$offset")")
 		offset=$((offset + $(stat -c %s "$file")))
 	done
-	objcopy "${args[@]}" "$EFI_STUB" "$WORK/BOOTX64.EFI"
+	# objcopy stamps PE files with the current time; it is given SOURCE_DATE_EPOCH instead.
+	faketime "@$SOURCE_DATE_EPOCH" objcopy "${args[@]}" "$EFI_STUB" "$WORK/BOOTX64.EFI"
 }
 
 syslinux_config() {
@@ -326,10 +330,10 @@ write_manifest() {
 main() {
 	local started=$SECONDS
 	[ "$(id -u)" = 0 ] || die "run as root (it installs packages and sets file owners)"
-	export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2> /dev/null || echo 1)}
-	export TZ=UTC
 	install_host_tools
 	build_secmx
+	export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2> /dev/null || echo 1)}
+	export TZ=UTC
 	[ -x "$SECMX" ] || die "no secmx binary at $SECMX"
 	"$SECMX" check-config --config "$SRC/rootfs/etc/secmx-appliance/default.toml" > /dev/null ||
 		die "secmx rejects the appliance's built-in default configuration"
