@@ -434,10 +434,10 @@ main() {
 		-drive "if=none,id=config,media=cdrom,readonly=on,file=@CONFIG@" -device "ide-cd,drive=config" \
 		-device "virtio-net-pci,netdev=net0"
 	test_persistence bios bios pc static fat \
-		-drive "if=none,id=os,format=qcow2,file=@OS@" -device "ide-hd,drive=os,bus=ide.0,bootindex=0" \
+		-drive "if=none,id=os,format=qcow2,file=@OS@" -device "virtio-blk-pci,drive=os,bootindex=0" \
 		-device "virtio-scsi-pci,id=scsi" \
 		-drive "if=none,id=spool,format=qcow2,file=@SPOOL@" -device "scsi-hd,drive=spool,bus=scsi.0" \
-		-drive "if=none,id=config,format=raw,file=@CONFIG@" -device "ide-hd,drive=config,bus=ide.1" \
+		-drive "if=none,id=config,format=raw,file=@CONFIG@" -device "ide-hd,drive=config,bus=ide.0" \
 		-device "e1000,netdev=net0"
 	test_defaults
 
