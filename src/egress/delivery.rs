@@ -10,7 +10,7 @@ use crate::egress::client::{AttemptError, Connection, RecipientResult, TlsPolicy
 use crate::egress::discovery::{self, Addresses, Candidate, Source};
 use crate::egress::maildir;
 use crate::egress::shard::{Job, Shard};
-use crate::smtp::reply::Status;
+use crate::smtp::reply::{Reply, Status};
 
 /// What became of one recipient in one attempt.
 #[derive(Debug, Clone)]
@@ -23,6 +23,9 @@ pub enum Fate {
         status: Status,
         reason: String,
     },
+    /// With `remote_mta`, `reason` is that host's reply (and the command it answered), never
+    /// the host again: the DSN prints "host <remote_mta> said: <reason>" and gives `reason` as
+    /// the Diagnostic-Code (RFC 3464 2.3.6).
     Bounced {
         status: Status,
         reason: String,
@@ -251,12 +254,7 @@ async fn try_address(
             })
         }
         Err(AttemptError::Rejected { stage, reply }) if reply.is_permanent() => {
-            let reason = format!("{remote_mta} [{addr}] refused {stage}: {reply}");
-            let fate = Fate::Bounced {
-                status: reply.status_or_default(),
-                reason,
-                remote_mta: Some(remote_mta.clone()),
-            };
+            let fate = refused_fate(&reply, stage, &remote_mta);
             shard.put_idle(&job.domain, addr, connection);
             let mut attempt = Attempt::all(job, fate);
             attempt.tls = tls;
@@ -270,6 +268,17 @@ async fn try_address(
     }
 }
 
+/// The bounce of every recipient when `remote_mta` refused the transaction for good at `stage`.
+fn refused_fate(reply: &Reply, stage: &str, remote_mta: &str) -> Fate {
+    Fate::Bounced {
+        status: reply.status_or_default(),
+        reason: format!("{reply} (in reply to {stage})"),
+        remote_mta: Some(remote_mta.to_string()),
+    }
+}
+
+/// What one recipient's reply means. A deferral names the host in its reason, since nothing
+/// else carries it to the DSN sent if the queue lifetime ends.
 fn recipient_fate(result: RecipientResult, remote_mta: &str) -> Fate {
     match result {
         RecipientResult::Accepted(reply) => Fate::Delivered {
@@ -282,7 +291,7 @@ fn recipient_fate(result: RecipientResult, remote_mta: &str) -> Fate {
         },
         RecipientResult::Permanent(reply) => Fate::Bounced {
             status: reply.status_or_default(),
-            reason: format!("{remote_mta} said: {reply}"),
+            reason: reply.to_string(),
             remote_mta: Some(remote_mta.to_string()),
         },
     }
@@ -339,5 +348,56 @@ pub fn expired(status: Status, reason: &str) -> Fate {
         status: Status::new(5, status.subject, status.detail),
         reason: format!("queue lifetime expired; last error: {reason}"),
         remote_mta: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, class: u8, subject: u16, detail: u16, text: &'static str) -> Reply {
+        Reply::new(code, Some(Status::new(class, subject, detail)), text)
+    }
+
+    #[test]
+    fn recipient_refused_for_good_has_the_reply_as_reason_and_the_host_apart() {
+        let refused = RecipientResult::Permanent(reply(550, 5, 1, 1, "no such user"));
+        let Fate::Bounced {
+            status,
+            reason,
+            remote_mta,
+        } = recipient_fate(refused, "mx.example.org")
+        else {
+            panic!("a 5xx reply to RCPT bounces");
+        };
+        assert_eq!(status, Status::new(5, 1, 1));
+        assert_eq!(reason, "550 5.1.1 no such user");
+        assert_eq!(remote_mta.as_deref(), Some("mx.example.org"));
+    }
+
+    #[test]
+    fn transaction_refused_for_good_names_the_command_but_not_the_host_twice() {
+        let fate = refused_fate(
+            &reply(550, 5, 7, 1, "sender refused"),
+            "MAIL FROM",
+            "mx.example.org",
+        );
+        let Fate::Bounced {
+            reason, remote_mta, ..
+        } = fate
+        else {
+            panic!("a 5xx reply to MAIL bounces");
+        };
+        assert_eq!(reason, "550 5.7.1 sender refused (in reply to MAIL FROM)");
+        assert_eq!(remote_mta.as_deref(), Some("mx.example.org"));
+    }
+
+    #[test]
+    fn recipient_deferred_keeps_the_host_in_its_reason_for_a_bounce_at_expiry() {
+        let busy = RecipientResult::Transient(reply(452, 4, 2, 2, "mailbox busy"));
+        let Fate::Deferred { reason, .. } = recipient_fate(busy, "mx.example.org") else {
+            panic!("a 4xx reply to RCPT defers");
+        };
+        assert_eq!(reason, "mx.example.org said: 452 4.2.2 mailbox busy");
     }
 }

@@ -9,9 +9,12 @@
 #![allow(dead_code, unused_imports)]
 
 mod ca;
+pub mod dns_front;
 mod peers;
 mod process;
+pub mod receiver;
 mod secmx;
+pub mod zone_file;
 
 pub use ca::{Leaf, TestCa};
 pub use peers::{SmtpSink, Unbound};

@@ -23,6 +23,12 @@ impl Unbound {
     /// Starts unbound on `ip` (a free port) with `records` in master-file syntax, e.g.
     /// `"_secmx._tcp.b.test. 300 IN SRV 10 10 2600 mx.b.test."`, and waits until it answers.
     pub fn start(dir: &Path, ip: Ipv4Addr, records: &[&str]) -> Unbound {
+        Unbound::start_with(dir, ip, records, "")
+    }
+
+    /// Like [`Unbound::start`], with `extra` appended to the configuration after the records:
+    /// more `server:` lines (`local-zone:`, ...) and then whole clauses (`forward-zone:`, ...).
+    pub fn start_with(dir: &Path, ip: Ipv4Addr, records: &[&str], extra: &str) -> Unbound {
         let dir = dir.join("unbound");
         std::fs::create_dir_all(&dir).expect("unbound directory");
         let port = free_port(ip);
@@ -51,6 +57,10 @@ impl Unbound {
         for record in records {
             assert!(!record.contains('"'), "record with a quote: {record}");
             config.push_str(&format!("    local-data: \"{record}\"\n"));
+        }
+        config.push_str(extra);
+        if !extra.is_empty() && !extra.ends_with('\n') {
+            config.push('\n');
         }
         config.push_str("remote-control:\n    control-enable: no\n");
         let config_file = dir.join("unbound.conf");
@@ -85,6 +95,11 @@ impl Unbound {
 
     pub fn log_tail(&self) -> String {
         self.process.log_tail(40)
+    }
+
+    /// Everything unbound logged so far; with `log-queries` one line per question received.
+    pub fn log(&self) -> String {
+        self.process.log()
     }
 }
 

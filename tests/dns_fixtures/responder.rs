@@ -54,12 +54,14 @@ impl Responder {
         Responder::udp(ip, Box::new(|_, _, _| {}))
     }
 
+    /// Queries received over UDP, once the count has stopped moving: on a loaded machine the
+    /// responder thread may still be reading datagrams the resolver sent long ago.
     pub fn udp_queries(&self) -> usize {
-        self.udp_queries.load(Ordering::SeqCst)
+        settled(&self.udp_queries)
     }
 
     pub fn tcp_queries(&self) -> usize {
-        self.tcp_queries.load(Ordering::SeqCst)
+        settled(&self.tcp_queries)
     }
 
     fn empty(address: SocketAddr) -> Responder {
@@ -154,4 +156,22 @@ pub fn reply_to(query: &Message, code: ResponseCode) -> Message {
     reply.metadata.response_code = code;
     reply.queries = query.queries.clone();
     reply
+}
+
+/// The counter's value once it has not changed for 300 ms (at most 5 s of waiting).
+fn settled(counter: &AtomicUsize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut last = counter.load(Ordering::SeqCst);
+    let mut stable_since = std::time::Instant::now();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = counter.load(Ordering::SeqCst);
+        if now != last {
+            last = now;
+            stable_since = std::time::Instant::now();
+        } else if stable_since.elapsed() >= Duration::from_millis(300) {
+            break;
+        }
+    }
+    last
 }
