@@ -215,11 +215,15 @@ choose_accelerator() {
 	CPU=max
 	if [ -w /dev/kvm ]; then
 		extract_boot_files
-		(timeout 60 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -display none \
-			-no-reboot -serial "file:$TEST_DIR/kvm-probe.log" \
+		qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -display none -no-reboot \
+			-serial "file:$TEST_DIR/kvm-probe.log" \
 			-kernel "$TEST_DIR/vmlinuz" -initrd "$TEST_DIR/initrd.img" \
-			-append "console=ttyS0 rdinit=/bin/busybox panic=-1 -- poweroff -f") \
-			> "$TEST_DIR/kvm-probe.err" 2>&1
+			-append "console=ttyS0 rdinit=/bin/busybox panic=-1 -- poweroff -f" \
+			> "$TEST_DIR/kvm-probe.err" 2>&1 &
+		QEMU_PID=$!
+		qemu_pids+=("$QEMU_PID")
+		wait_exit 60 || kill -KILL "$QEMU_PID" 2> /dev/null
+		wait "$QEMU_PID" 2> /dev/null
 		if grep -q 'reboot: Power down' "$TEST_DIR/kvm-probe.log"; then
 			ACCEL=kvm
 			CPU=host
@@ -269,16 +273,22 @@ wait_banner() {
 	return 1
 }
 
-# Presses the ACPI power button and waits for QEMU to exit by itself; true if it exited 0 and
-# the console shows the given last words of the shutdown script.
-power_off() {
-	local last_words=$1 ticks=$((POWEROFF_TIMEOUT * 5)) status
-	python3 "$TEST_DIR/smtp.py" monitor "$MONITOR" system_powerdown
-	while kill -0 "$QEMU_PID" 2> /dev/null && [ $ticks -gt 0 ]; do
+# Waits up to $1 seconds for QEMU_PID to exit; true if it did.
+wait_exit() {
+	local ticks=$(($1 * 5))
+	while kill -0 "$QEMU_PID" 2> /dev/null && [ "$ticks" -gt 0 ]; do
 		sleep 0.2
 		ticks=$((ticks - 1))
 	done
-	if kill -0 "$QEMU_PID" 2> /dev/null; then
+	! kill -0 "$QEMU_PID" 2> /dev/null
+}
+
+# Presses the ACPI power button and waits for QEMU to exit by itself; true if it exited 0 and
+# the console shows the given last words of the shutdown script.
+power_off() {
+	local last_words=$1 status
+	python3 "$TEST_DIR/smtp.py" monitor "$MONITOR" system_powerdown
+	if ! wait_exit "$POWEROFF_TIMEOUT"; then
 		log "QEMU still running ${POWEROFF_TIMEOUT}s after the power button; console:"
 		tail -n 20 "$CONSOLE" | sed 's/^/    /'
 		kill -KILL "$QEMU_PID"

@@ -45,7 +45,7 @@ GUEST_PACKAGES=(
 )
 
 log() {
-	echo "build: $*" >&2
+	echo "build: [${SECONDS}s] $*" >&2
 }
 
 die() {
@@ -242,8 +242,9 @@ make_uki() {
 		args+=(--change-section-vma ".${section%%:*}=$(printf 0x%x "$offset")")
 		offset=$((offset + $(stat -c %s "$file")))
 	done
-	# objcopy stamps PE files with the current time; it is given SOURCE_DATE_EPOCH instead.
-	faketime "@$SOURCE_DATE_EPOCH" objcopy "${args[@]}" "$EFI_STUB" "$WORK/BOOTX64.EFI"
+	# objcopy stamps PE files with the current time; its clock is stopped at SOURCE_DATE_EPOCH.
+	faketime -f "$(date -u -d "@$SOURCE_DATE_EPOCH" '+%Y-%m-%d %H:%M:%S')" \
+		objcopy "${args[@]}" "$EFI_STUB" "$WORK/BOOTX64.EFI"
 }
 
 syslinux_config() {
@@ -328,7 +329,6 @@ write_manifest() {
 }
 
 main() {
-	local started=$SECONDS
 	[ "$(id -u)" = 0 ] || die "run as root (it installs packages and sets file owners)"
 	install_host_tools
 	build_secmx
@@ -343,11 +343,12 @@ main() {
 	assemble_rootfs
 	make_initramfs
 	make_uki
+	log "writing the disks"
 	make_esp
 	make_disk
 	write_manifest
 	rm -rf "$WORK"/{packages,rootfs}
-	log "done in $((SECONDS - started))s:"
+	log "done:"
 	ls -l "$OUT"/secmx-*.raw "$OUT"/secmx-*.qcow2 >&2
 }
 
