@@ -436,7 +436,8 @@ main() {
 	TEST_DIR=$(mktemp -d /tmp/secmx-boot-test.XXXXXX)
 	log "work directory $TEST_DIR"
 	write_helpers
-	choose_accelerator
+	# bash reports the probe's QEMU if KVM makes it abort: that goes to the probe's log.
+	choose_accelerator 2>> "$TEST_DIR/kvm-probe.err"
 
 	test_persistence uefi uefi q35 dhcp iso \
 		-drive "if=none,id=os,format=qcow2,file=@OS@" -device "virtio-blk-pci,drive=os,bootindex=0" \
