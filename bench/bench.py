@@ -37,7 +37,11 @@ def parse_args(argv):
     p.add_argument("--smoke", action="store_true",
                    help="seconds: tiny counts, every system once, no thresholds")
     p.add_argument("--repeat", type=int, help="runs per row and system (default 3; smoke 1)")
-    p.add_argument("--systems", default="ceiling,secmx,postfix")
+    p.add_argument("--systems", default="ceiling,secmx,secmx-dns,postfix",
+                   help="any of ceiling, secmx, secmx-dns (secmx delivering by SecMX discovery "
+                        "through a local unbound), postfix")
+    p.add_argument("--dns-ttl", type=int, default=5,
+                   help="secmx-dns: TTL in seconds of the benchmark domain's records")
     p.add_argument("--sizes", default="1024,65536", help="message payload sizes in bytes")
     p.add_argument("--sessions", default="1,50", help="concurrent sessions")
     p.add_argument("--ingress", default="plain,starttls")
@@ -104,12 +108,15 @@ def check_tools(args):
     needed = ["smtp-source", "smtp-sink", "openssl"]
     if "postfix" in args.systems:
         needed.append("postfix")
+    if "secmx-dns" in args.systems:
+        needed.append("unbound")
     missing = [t for t in needed if shutil.which(t) is None]
     if missing:
         sys.exit(f"bench: missing {', '.join(missing)} (bench/run.sh installs them)")
     if "postfix" in args.systems and os.geteuid() != 0:
         sys.exit("bench: a private Postfix instance must be started as root")
-    binaries = [args.load] + ([args.secmx] if "secmx" in args.systems else [])
+    uses_secmx = any(s.startswith("secmx") for s in args.systems)
+    binaries = [args.load] + ([args.secmx] if uses_secmx else [])
     for binary in binaries:
         if not os.access(binary, os.X_OK):
             sys.exit(f"bench: {binary} not built (cargo build --release --bin secmx "
@@ -172,6 +179,7 @@ def main(argv):
     available = {
         "ceiling": systems.Ceiling(),
         "secmx": systems.Secmx(args.secmx, outbound),
+        "secmx-dns": systems.SecmxDns(args.secmx, outbound, args.dns_ttl),
         "postfix": systems.Postfix(log_to_file=args.postfix_log),
     }
     chosen = [available[name] for name in args.systems]
@@ -190,7 +198,7 @@ def main(argv):
 
     handshakes, idle = [], []
     if not args.no_extras:
-        tls_systems = [s for s in chosen if s.name != "ceiling"]
+        tls_systems = [s for s in chosen if s.name in ("secmx", "postfix")]
         for rep in range(1, args.repeat + 1):
             for system in tls_systems if rep % 2 else list(reversed(tls_systems)):
                 h = runs.handshake_run(ctx, system, rep)
@@ -214,7 +222,7 @@ def main(argv):
         "workdir": workdir,
         "postfix_version": systems.Postfix.version(),
         "commit": git_commit(),
-        "secmx": available["secmx"].describe(),
+        "secmx": available["secmx-dns" if "secmx-dns" in args.systems else "secmx"].describe(),
         "ingress": (
             ("one connection per session, reused" if args.reuse else
              "one connection per message") + "; plaintext rows: " + args.plain_client +
@@ -229,6 +237,9 @@ def main(argv):
     configs = {}
     if available["secmx"].config_text:
         configs["secmx.toml (last run)"] = available["secmx"].config_text
+    if available["secmx-dns"].config_text:
+        configs["secmx.toml of secmx-dns (last run)"] = available["secmx-dns"].config_text
+        configs["unbound.conf of secmx-dns (last run)"] = available["secmx-dns"].unbound_config
     if available["postfix"].main_cf:
         configs["Postfix main.cf (last run)"] = available["postfix"].main_cf
         configs["Postfix master.cf (last run)"] = available["postfix"].master_cf
