@@ -257,7 +257,9 @@ impl Shard {
         job.id = self.current_id(job.id);
         let body = match job.body.take() {
             Some(body) => body,
-            None => match spool::read_message(&self.spool_dir, job.id).await {
+            // Boxed, like the other rare steps below: a worker's task is moved into place
+            // whenever a worker starts, so it should hold only what every message needs.
+            None => match Box::pin(spool::read_message(&self.spool_dir, job.id)).await {
                 Ok((_, body)) => Bytes::from(body),
                 Err(e) => {
                     tracing::error!(queue_id = %job.id, error = %e, "cannot read queued message; retrying later");
@@ -320,7 +322,7 @@ impl Shard {
         tracing::debug!(queue_id = %job.id, elapsed_ms = started.elapsed().as_millis() as u64, "attempt finished");
 
         if !failed.is_empty() {
-            if self.bounce(&job, &body, &failed).await {
+            if Box::pin(self.bounce(&job, &body, &failed)).await {
                 finished.extend(bounced);
             } else {
                 // The DSN could not be stored: keep the failed recipients queued rather than
