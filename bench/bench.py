@@ -40,6 +40,9 @@ def parse_args(argv):
     p.add_argument("--systems", default="ceiling,secmx,secmx-dns,postfix",
                    help="any of ceiling, secmx, secmx-dns (secmx delivering by SecMX discovery "
                         "through a local unbound), postfix")
+    p.add_argument("--baseline", metavar="BINARY",
+                   help="another secmx build, measured as system secmx-before in the same run "
+                        "(by route, like secmx) for a before/after comparison")
     p.add_argument("--dns-ttl", type=int, default=5,
                    help="secmx-dns: TTL in seconds of the benchmark domain's records")
     p.add_argument("--sizes", default="1024,65536", help="message payload sizes in bytes")
@@ -88,6 +91,9 @@ def parse_args(argv):
         args.idle_sessions, args.idle_hold = 200, 1.0
     args.repeat = args.repeat or 3
     args.systems = [s for s in args.systems.split(",") if s]
+    if args.baseline and "secmx-before" not in args.systems:
+        args.systems.insert(args.systems.index("secmx") if "secmx" in args.systems else 0,
+                            "secmx-before")
     return args
 
 
@@ -117,6 +123,10 @@ def check_tools(args):
         sys.exit("bench: a private Postfix instance must be started as root")
     uses_secmx = any(s.startswith("secmx") for s in args.systems)
     binaries = [args.load] + ([args.secmx] if uses_secmx else [])
+    if "secmx-before" in args.systems:
+        if not args.baseline:
+            sys.exit("bench: secmx-before needs --baseline BINARY")
+        binaries.append(args.baseline)
     for binary in binaries:
         if not os.access(binary, os.X_OK):
             sys.exit(f"bench: {binary} not built (cargo build --release --bin secmx "
@@ -180,6 +190,7 @@ def main(argv):
         "ceiling": systems.Ceiling(),
         "secmx": systems.Secmx(args.secmx, outbound),
         "secmx-dns": systems.SecmxDns(args.secmx, outbound, args.dns_ttl),
+        "secmx-before": systems.Secmx(args.baseline, outbound, name="secmx-before"),
         "postfix": systems.Postfix(log_to_file=args.postfix_log),
     }
     chosen = [available[name] for name in args.systems]
@@ -198,7 +209,7 @@ def main(argv):
 
     handshakes, idle = [], []
     if not args.no_extras:
-        tls_systems = [s for s in chosen if s.name in ("secmx", "postfix")]
+        tls_systems = [s for s in chosen if s.name in ("secmx-before", "secmx", "postfix")]
         for rep in range(1, args.repeat + 1):
             for system in tls_systems if rep % 2 else list(reversed(tls_systems)):
                 h = runs.handshake_run(ctx, system, rep)
@@ -206,10 +217,12 @@ def main(argv):
                 progress(f"handshakes {system.name:8} run {rep}: " + (
                     f"{h['handshakes_per_s']:.0f}/s, {h['handshakes_per_cpu_s']:.0f} per "
                     f"CPU-second" if h["ok"] else f"FAILED: {h['error']}"))
-        if "secmx" in args.systems:
-            i = runs.idle_run(ctx, available["secmx"])
+        for name in ("secmx-before", "secmx"):
+            if name not in args.systems:
+                continue
+            i = runs.idle_run(ctx, available[name])
             idle.append(i)
-            progress("idle sessions secmx: " + (
+            progress(f"idle sessions {name}: " + (
                 f"{i['held']} held, {i['rss_held_kb'] / 1024:.1f} MiB resident "
                 f"({i['kb_per_session']:.1f} KiB per session)" if i["ok"]
                 else f"FAILED: {i['error']}"))
@@ -223,6 +236,7 @@ def main(argv):
         "postfix_version": systems.Postfix.version(),
         "commit": git_commit(),
         "secmx": available["secmx-dns" if "secmx-dns" in args.systems else "secmx"].describe(),
+        "baseline": args.baseline,
         "ingress": (
             ("one connection per session, reused" if args.reuse else
              "one connection per message") + "; plaintext rows: " + args.plain_client +

@@ -7,8 +7,8 @@ import re
 import statistics
 import subprocess
 
-SYSTEMS = ("ceiling", "secmx", "secmx-dns", "postfix")
-SECMX_SYSTEMS = ("secmx", "secmx-dns")
+SYSTEMS = ("ceiling", "secmx-before", "secmx", "secmx-dns", "postfix")
+SECMX_SYSTEMS = ("secmx-before", "secmx", "secmx-dns")
 
 
 def median(values):
@@ -121,6 +121,10 @@ def markdown(meta, summary, row_order, load_runs, handshakes, idle, commands, co
         f"- durability: secmx `spool.sync = true` (fdatasync before 250, group commit); Postfix "
         f"{meta['postfix_version']} default queue (fsync before 250)",
         f"- secmx: commit {meta['commit']}; {meta['secmx']}",
+    ]
+    if meta.get("baseline"):
+        lines.append(f"- secmx-before: {meta['baseline']}, configured as secmx")
+    lines += [
         f"- ingress: {meta['ingress']}",
         f"- repeats: {meta['repeat']} per row and system, interleaved; medians quoted",
         f"- invocation: `{meta['invocation']}`",
@@ -155,7 +159,8 @@ def markdown(meta, summary, row_order, load_runs, handshakes, idle, commands, co
         "", "## Ratios (medians)", "",
         "Throughput ratios above 1 favour secmx; CPU and memory ratios below 1 favour secmx.", "",
         "secmx-dns rows: secmx delivering by SecMX discovery through a local unbound instead "
-        "of by route.", "",
+        "of by route. secmx-before rows (with `--baseline`): another secmx build, by route.",
+        "",
         "| row | accepted secmx/postfix | end-to-end secmx/postfix | CPU secmx/postfix "
         "| memory secmx/postfix | accepted secmx/ceiling | end-to-end secmx/ceiling |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -222,7 +227,7 @@ def markdown(meta, summary, row_order, load_runs, handshakes, idle, commands, co
             "| failed | client CPU % |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for system in ("secmx", "postfix"):
+        for system in ("secmx-before", "secmx", "postfix"):
             runs = [h for h in handshakes if h["system"] == system and h["ok"]]
             if not runs:
                 continue

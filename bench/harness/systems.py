@@ -110,10 +110,11 @@ class Secmx:
     tls = True
     single_process = True  # one process, so its VmHWM is its peak memory
 
-    def __init__(self, binary, outbound):
+    def __init__(self, binary, outbound, name="secmx"):
         self.binary = binary
         self.outbound = outbound
         self.config_text = None
+        self.name = name
 
     def describe(self):
         return (
@@ -161,10 +162,8 @@ class SecmxDns(Secmx):
     (MX to the sink's address, no SecMX SRV) with records of `ttl` seconds and logs every
     query; each run reports the queries per record against what the TTL allows."""
 
-    name = "secmx-dns"
-
     def __init__(self, binary, outbound, ttl):
-        super().__init__(binary, outbound)
+        super().__init__(binary, outbound, name="secmx-dns")
         self.ttl = ttl
         self.unbound_config = None
 
