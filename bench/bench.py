@@ -43,7 +43,7 @@ def parse_args(argv):
     p.add_argument("--baseline", metavar="BINARY",
                    help="another secmx build, measured as system secmx-before in the same run "
                         "(by route, like secmx) for a before/after comparison")
-    p.add_argument("--dns-ttl", type=int, default=5,
+    p.add_argument("--dns-ttl", type=int, default=1,
                    help="secmx-dns: TTL in seconds of the benchmark domain's records")
     p.add_argument("--sizes", default="1024,65536", help="message payload sizes in bytes")
     p.add_argument("--sessions", default="1,50", help="concurrent sessions")
