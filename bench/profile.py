@@ -54,7 +54,9 @@ def parse_args(argv):
     p.add_argument("--pipelining", action="store_true")
     p.add_argument("--duration", type=float, default=20.0,
                    help="handshake mode: seconds of handshakes under callgrind")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1,
+                   help="secmx cores; valgrind runs one thread at a time, and with more than "
+                        "one core sessions time out under it")
     p.add_argument("--dns", action="store_true",
                    help="deliver by SecMX discovery through a local unbound, as the secmx-dns "
                         "rows of the benchmark do, instead of by route")

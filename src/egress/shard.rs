@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::{GlommioError, ResourceType};
 
 use crate::config::Config;
 use crate::dns::Resolver;
@@ -53,6 +54,18 @@ pub fn owner_of(domain: &str, cores: usize) -> usize {
         (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x0000_0100_0000_01b3)
     });
     (hash % cores as u64) as usize
+}
+
+/// `host[address]` of the receiver that took part in an attempt, empty without one.
+struct PeerText<'a>(Option<&'a (String, SocketAddr)>);
+
+impl std::fmt::Display for PeerText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((host, addr)) => write!(f, "{host}[{addr}]"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Idle connections are kept per destination domain and receiver address.
@@ -175,11 +188,18 @@ impl Shard {
                 None => by_domain.push((domain, vec![index])),
             }
         }
-        for (domain, recipients) in by_domain {
+        // The last domain's job takes the envelope itself; only further domains need copies.
+        let mut envelope = Some(envelope);
+        let last = by_domain.len().saturating_sub(1);
+        for (n, (domain, recipients)) in by_domain.into_iter().enumerate() {
+            let envelope = match n == last {
+                true => envelope.take().expect("taken for the last domain only"),
+                false => envelope.clone().expect("kept until the last domain"),
+            };
             let job = Job {
                 id,
                 domain,
-                envelope: envelope.clone(),
+                envelope,
                 recipients,
                 body: body.clone(),
                 attempts: 0,
@@ -194,14 +214,21 @@ impl Shard {
             self.enqueue(job);
             return;
         }
+        let job = match self.senders.try_send_to(owner, ShardMessage::Deliver(job)) {
+            Ok(()) => return,
+            Err(GlommioError::WouldBlock(ResourceType::Channel(job))) => job,
+            Err(_) => {
+                tracing::warn!(
+                    core = owner,
+                    "core is gone; the job stays queued until restart"
+                );
+                return;
+            }
+        };
+        // The channel is full: a task waits for room, so that the caller need not.
         let shard = self.clone();
         glommio::spawn_local(async move {
-            if shard
-                .senders
-                .send_to(owner, ShardMessage::Deliver(job))
-                .await
-                .is_err()
-            {
+            if shard.senders.send_to(owner, job).await.is_err() {
                 tracing::warn!(
                     core = owner,
                     "core is gone; the job stays queued until restart"
@@ -272,10 +299,8 @@ impl Shard {
         let started = Instant::now();
         let attempt = delivery::attempt(self, &job, &body).await;
         let tls = attempt.tls.as_str();
-        let peer = attempt
-            .peer
-            .as_ref()
-            .map_or_else(String::new, |(h, a)| format!("{h}[{a}]"));
+        // Written only if an event below is logged.
+        let peer = PeerText(attempt.peer.as_ref());
         let delay = unix_now().saturating_sub(job.envelope.received_at);
 
         let mut finished = Vec::new();
@@ -294,12 +319,12 @@ impl Shard {
             match &fate {
                 Fate::Delivered { host, reply } => {
                     self.stats.delivered.set(self.stats.delivered.get() + 1);
-                    tracing::info!(queue_id = %job.id, recipient, host, peer, tls, reply, delay, "delivered");
+                    tracing::info!(queue_id = %job.id, recipient, host, %peer, tls, reply, delay, "delivered");
                     finished.push(index);
                 }
                 Fate::Deferred { status, reason } => {
                     self.stats.deferred.set(self.stats.deferred.get() + 1);
-                    tracing::warn!(queue_id = %job.id, recipient, peer, tls, %status, reason, delay, attempts = job.attempts + 1, "deferred");
+                    tracing::warn!(queue_id = %job.id, recipient, %peer, tls, %status, reason, delay, attempts = job.attempts + 1, "deferred");
                     deferred.push(index);
                 }
                 Fate::Bounced {
@@ -308,7 +333,7 @@ impl Shard {
                     remote_mta,
                 } => {
                     self.stats.bounced.set(self.stats.bounced.get() + 1);
-                    tracing::warn!(queue_id = %job.id, recipient, peer, tls, %status, reason, delay, "bounced");
+                    tracing::warn!(queue_id = %job.id, recipient, %peer, tls, %status, reason, delay, "bounced");
                     failed.push(FailedRecipient {
                         recipient: recipient.clone(),
                         status: *status,
@@ -371,7 +396,17 @@ impl Shard {
     pub async fn complete(self: &Rc<Self>, id: QueueId, recipients: Vec<u32>) {
         let owner = id.core as usize % self.cores;
         if owner != self.index {
-            let message = ShardMessage::Completed { id, recipients };
+            let message = match self
+                .senders
+                .try_send_to(owner, ShardMessage::Completed { id, recipients })
+            {
+                Ok(()) => return,
+                Err(GlommioError::WouldBlock(ResourceType::Channel(message))) => message,
+                Err(_) => {
+                    tracing::warn!(queue_id = %id, "owning core is gone; completion not recorded");
+                    return;
+                }
+            };
             if self.senders.send_to(owner, message).await.is_err() {
                 tracing::warn!(queue_id = %id, "owning core is gone; completion not recorded");
             }

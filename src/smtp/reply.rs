@@ -63,7 +63,7 @@ impl fmt::Display for Status {
 
 impl Status {
     /// Appends `class.subject.detail` to `out`.
-    fn write_to(&self, out: &mut Vec<u8>) {
+    pub fn write_to(&self, out: &mut Vec<u8>) {
         push_decimal(out, self.class.into());
         out.push(b'.');
         push_decimal(out, self.subject.into());
