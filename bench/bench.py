@@ -37,7 +37,14 @@ def parse_args(argv):
     p.add_argument("--smoke", action="store_true",
                    help="seconds: tiny counts, every system once, no thresholds")
     p.add_argument("--repeat", type=int, help="runs per row and system (default 3; smoke 1)")
-    p.add_argument("--systems", default="ceiling,secmx,postfix")
+    p.add_argument("--systems", default="ceiling,secmx,secmx-dns,postfix",
+                   help="any of ceiling, secmx, secmx-dns (secmx delivering by SecMX discovery "
+                        "through a local unbound), postfix")
+    p.add_argument("--baseline", metavar="BINARY",
+                   help="another secmx build, measured as system secmx-before in the same run "
+                        "(by route, like secmx) for a before/after comparison")
+    p.add_argument("--dns-ttl", type=int, default=1,
+                   help="secmx-dns: TTL in seconds of the benchmark domain's records")
     p.add_argument("--sizes", default="1024,65536", help="message payload sizes in bytes")
     p.add_argument("--sessions", default="1,50", help="concurrent sessions")
     p.add_argument("--ingress", default="plain,starttls")
@@ -84,6 +91,9 @@ def parse_args(argv):
         args.idle_sessions, args.idle_hold = 200, 1.0
     args.repeat = args.repeat or 3
     args.systems = [s for s in args.systems.split(",") if s]
+    if args.baseline and "secmx-before" not in args.systems:
+        args.systems.insert(args.systems.index("secmx") if "secmx" in args.systems else 0,
+                            "secmx-before")
     return args
 
 
@@ -104,12 +114,19 @@ def check_tools(args):
     needed = ["smtp-source", "smtp-sink", "openssl"]
     if "postfix" in args.systems:
         needed.append("postfix")
+    if "secmx-dns" in args.systems:
+        needed.append("unbound")
     missing = [t for t in needed if shutil.which(t) is None]
     if missing:
         sys.exit(f"bench: missing {', '.join(missing)} (bench/run.sh installs them)")
     if "postfix" in args.systems and os.geteuid() != 0:
         sys.exit("bench: a private Postfix instance must be started as root")
-    binaries = [args.load] + ([args.secmx] if "secmx" in args.systems else [])
+    uses_secmx = any(s.startswith("secmx") for s in args.systems)
+    binaries = [args.load] + ([args.secmx] if uses_secmx else [])
+    if "secmx-before" in args.systems:
+        if not args.baseline:
+            sys.exit("bench: secmx-before needs --baseline BINARY")
+        binaries.append(args.baseline)
     for binary in binaries:
         if not os.access(binary, os.X_OK):
             sys.exit(f"bench: {binary} not built (cargo build --release --bin secmx "
@@ -172,6 +189,8 @@ def main(argv):
     available = {
         "ceiling": systems.Ceiling(),
         "secmx": systems.Secmx(args.secmx, outbound),
+        "secmx-dns": systems.SecmxDns(args.secmx, outbound, args.dns_ttl),
+        "secmx-before": systems.Secmx(args.baseline, outbound, name="secmx-before"),
         "postfix": systems.Postfix(log_to_file=args.postfix_log),
     }
     chosen = [available[name] for name in args.systems]
@@ -190,7 +209,7 @@ def main(argv):
 
     handshakes, idle = [], []
     if not args.no_extras:
-        tls_systems = [s for s in chosen if s.name != "ceiling"]
+        tls_systems = [s for s in chosen if s.name in ("secmx-before", "secmx", "postfix")]
         for rep in range(1, args.repeat + 1):
             for system in tls_systems if rep % 2 else list(reversed(tls_systems)):
                 h = runs.handshake_run(ctx, system, rep)
@@ -198,10 +217,12 @@ def main(argv):
                 progress(f"handshakes {system.name:8} run {rep}: " + (
                     f"{h['handshakes_per_s']:.0f}/s, {h['handshakes_per_cpu_s']:.0f} per "
                     f"CPU-second" if h["ok"] else f"FAILED: {h['error']}"))
-        if "secmx" in args.systems:
-            i = runs.idle_run(ctx, available["secmx"])
+        for name in ("secmx-before", "secmx"):
+            if name not in args.systems:
+                continue
+            i = runs.idle_run(ctx, available[name])
             idle.append(i)
-            progress("idle sessions secmx: " + (
+            progress(f"idle sessions {name}: " + (
                 f"{i['held']} held, {i['rss_held_kb'] / 1024:.1f} MiB resident "
                 f"({i['kb_per_session']:.1f} KiB per session)" if i["ok"]
                 else f"FAILED: {i['error']}"))
@@ -214,7 +235,8 @@ def main(argv):
         "workdir": workdir,
         "postfix_version": systems.Postfix.version(),
         "commit": git_commit(),
-        "secmx": available["secmx"].describe(),
+        "secmx": available["secmx-dns" if "secmx-dns" in args.systems else "secmx"].describe(),
+        "baseline": args.baseline,
         "ingress": (
             ("one connection per session, reused" if args.reuse else
              "one connection per message") + "; plaintext rows: " + args.plain_client +
@@ -229,6 +251,9 @@ def main(argv):
     configs = {}
     if available["secmx"].config_text:
         configs["secmx.toml (last run)"] = available["secmx"].config_text
+    if available["secmx-dns"].config_text:
+        configs["secmx.toml of secmx-dns (last run)"] = available["secmx-dns"].config_text
+        configs["unbound.conf of secmx-dns (last run)"] = available["secmx-dns"].unbound_config
     if available["postfix"].main_cf:
         configs["Postfix main.cf (last run)"] = available["postfix"].main_cf
         configs["Postfix master.cf (last run)"] = available["postfix"].master_cf

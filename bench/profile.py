@@ -14,6 +14,7 @@ not see (`--syscalls` counts them with strace in a second, uninstrumented run).
     bench/profile.py --starttls
     bench/profile.py --mode handshake --duration 20   # per 1,000 STARTTLS handshakes
     bench/profile.py --syscalls                       # plus system calls per message
+    bench/profile.py --dns                            # delivery by discovery (local unbound)
 
 Prints the total, the instructions per 1,000 messages (or handshakes), the share of each
 area (secmx module, crate or C library) and the costliest functions by their own
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 
-from harness import clients, procs, systems
+from harness import clients, dns, procs, systems
 from harness.procs import Registry
 from harness.sink import Sink
 
@@ -53,7 +54,13 @@ def parse_args(argv):
     p.add_argument("--pipelining", action="store_true")
     p.add_argument("--duration", type=float, default=20.0,
                    help="handshake mode: seconds of handshakes under callgrind")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1,
+                   help="secmx cores; valgrind runs one thread at a time, and with more than "
+                        "one core sessions time out under it")
+    p.add_argument("--dns", action="store_true",
+                   help="deliver by SecMX discovery through a local unbound, as the secmx-dns "
+                        "rows of the benchmark do, instead of by route")
+    p.add_argument("--dns-ttl", type=int, default=3600)
     p.add_argument("--syscalls", action="store_true",
                    help="also count system calls per message with strace (second run)")
     p.add_argument("--top", type=int, default=30, help="functions listed")
@@ -112,9 +119,16 @@ def start_secmx(args, registry, workdir, sink_port, tls_pair, wrapper):
     port = procs.free_port()
     config = os.path.join(workdir, "secmx.toml")
     outbound = {"max_connections_per_domain": 20, "max_messages_per_connection": 100}
+    nameserver_port = None
+    if args.dns:
+        unbound_dir = os.path.join(workdir, "unbound")
+        os.makedirs(unbound_dir, exist_ok=True)
+        nameserver_port = dns.Unbound(registry, unbound_dir, systems.RECIPIENT_DOMAIN,
+                                      args.dns_ttl).port
     with open(config, "w") as f:
         f.write(systems.secmx_config(os.path.join(workdir, "data"), port, sink_port, tls_pair,
-                                     outbound, workers=args.workers))
+                                     outbound, workers=args.workers,
+                                     nameserver_port=nameserver_port))
     log = open(os.path.join(workdir, "secmx.log"), "wb")
     proc = registry.start(wrapper + [args.secmx, "serve", "--config", config],
                           stdout=log, stderr=log)
@@ -310,7 +324,7 @@ def report(args, units, callgrind_file, syscalls):
 def main(argv):
     args = parse_args(argv)
     for tool in ["valgrind", "callgrind_control", "smtp-sink", "openssl"] + (
-            ["strace"] if args.syscalls else []):
+            ["strace"] if args.syscalls else []) + (["unbound"] if args.dns else []):
         if shutil.which(tool) is None:
             sys.exit(f"profile: {tool} not found (apt-get install valgrind postfix strace)")
     registry = Registry()

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The secmx load benchmark in one command, on a fresh Debian machine (as root, or with sudo):
 #
-#   bench/run.sh            full run: ceiling, secmx and Postfix, results in bench/results/
+#   bench/run.sh            full run: ceiling, secmx (by route and by discovery) and Postfix,
+#                           results in bench/results/
 #   bench/run.sh --smoke    seconds: every system once, exits non-zero only if something broke
 #
-# Installs Postfix unconfigured (its package brings smtp-source and smtp-sink), openssl and
-# python3 when they are missing, builds secmx and secmx-load, then runs bench/bench.py with
-# the remaining arguments (bench/bench.py --help lists them).
+# Installs Postfix unconfigured (its package brings smtp-source and smtp-sink), unbound (the
+# DNS server of the secmx-dns rows), openssl and python3 when they are missing, builds secmx
+# and secmx-load, then runs bench/bench.py with the remaining arguments (bench/bench.py
+# --help lists them).
 #   --no-install   do not touch packages
 #   --no-build     use the binaries already in target/release
 set -euo pipefail
@@ -28,7 +30,7 @@ if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
 if [ "$install" -eq 1 ]; then
     missing=()
     for tool in postfix:postfix smtp-source:postfix smtp-sink:postfix openssl:openssl \
-        python3:python3; do
+        python3:python3 unbound:unbound; do
         command -v "${tool%%:*}" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" \
             command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
     done

@@ -7,7 +7,8 @@ import re
 import statistics
 import subprocess
 
-SYSTEMS = ("ceiling", "secmx", "postfix")
+SYSTEMS = ("ceiling", "secmx-before", "secmx", "secmx-dns", "postfix")
+SECMX_SYSTEMS = ("secmx-before", "secmx", "secmx-dns")
 
 
 def median(values):
@@ -70,6 +71,14 @@ def summarize(load_runs):
                         "peak_pss_kb", "vm_hwm_kb", "msgs_per_sink_session",
                         "client_cpu_percent"):
                 summary[row][system][key] = median([r.get(key) for r in runs])
+            dns_runs = [r["dns"] for r in runs if r.get("dns")]
+            if dns_runs:
+                summary[row][system]["dns"] = {
+                    "ttl_s": dns_runs[0]["ttl_s"],
+                    "runs": len(dns_runs),
+                    "max_per_record": max(d["max_per_record"] for d in dns_runs),
+                    "within_bound": all(d["within_bound"] for d in dns_runs),
+                }
     return summary
 
 
@@ -112,6 +121,10 @@ def markdown(meta, summary, row_order, load_runs, handshakes, idle, commands, co
         f"- durability: secmx `spool.sync = true` (fdatasync before 250, group commit); Postfix "
         f"{meta['postfix_version']} default queue (fsync before 250)",
         f"- secmx: commit {meta['commit']}; {meta['secmx']}",
+    ]
+    if meta.get("baseline"):
+        lines.append(f"- secmx-before: {meta['baseline']}, configured as secmx")
+    lines += [
         f"- ingress: {meta['ingress']}",
         f"- repeats: {meta['repeat']} per row and system, interleaved; medians quoted",
         f"- invocation: `{meta['invocation']}`",
@@ -145,24 +158,30 @@ def markdown(meta, summary, row_order, load_runs, handshakes, idle, commands, co
     lines += [
         "", "## Ratios (medians)", "",
         "Throughput ratios above 1 favour secmx; CPU and memory ratios below 1 favour secmx.", "",
+        "secmx-dns rows: secmx delivering by SecMX discovery through a local unbound instead "
+        "of by route. secmx-before rows (with `--baseline`): another secmx build, by route.",
+        "",
         "| row | accepted secmx/postfix | end-to-end secmx/postfix | CPU secmx/postfix "
         "| memory secmx/postfix | accepted secmx/ceiling | end-to-end secmx/ceiling |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in row_order:
         s = summary.get(row, {})
-        sx, pf, ce = s.get("secmx"), s.get("postfix"), s.get("ceiling")
-        if sx is None:
-            continue
-        get = lambda e, k: e.get(k) if e else None  # noqa: E731
-        lines.append(
-            f"| {row} | {_ratio(ratio(get(sx, 'accept_rate'), get(pf, 'accept_rate')))} "
-            f"| {_ratio(ratio(get(sx, 'e2e_rate'), get(pf, 'e2e_rate')))} "
-            f"| {_ratio(ratio(get(sx, 'cpu_per_1000'), get(pf, 'cpu_per_1000')))} "
-            f"| {_ratio(ratio(get(sx, 'peak_pss_kb'), get(pf, 'peak_pss_kb')))} "
-            f"| {_ratio(ratio(get(sx, 'accept_rate'), get(ce, 'accept_rate')))} "
-            f"| {_ratio(ratio(get(sx, 'e2e_rate'), get(ce, 'e2e_rate')))} |"
-        )
+        pf, ce = s.get("postfix"), s.get("ceiling")
+        for variant in SECMX_SYSTEMS:
+            sx = s.get(variant)
+            if sx is None:
+                continue
+            get = lambda e, k: e.get(k) if e else None  # noqa: E731
+            label = row if variant == "secmx" else f"{row} ({variant})"
+            lines.append(
+                f"| {label} | {_ratio(ratio(get(sx, 'accept_rate'), get(pf, 'accept_rate')))} "
+                f"| {_ratio(ratio(get(sx, 'e2e_rate'), get(pf, 'e2e_rate')))} "
+                f"| {_ratio(ratio(get(sx, 'cpu_per_1000'), get(pf, 'cpu_per_1000')))} "
+                f"| {_ratio(ratio(get(sx, 'peak_pss_kb'), get(pf, 'peak_pss_kb')))} "
+                f"| {_ratio(ratio(get(sx, 'accept_rate'), get(ce, 'accept_rate')))} "
+                f"| {_ratio(ratio(get(sx, 'e2e_rate'), get(ce, 'e2e_rate')))} |"
+            )
 
     failed = [r for r in load_runs if not r["ok"]]
     total_accepted = sum(r.get("accepted", 0) or 0 for r in load_runs)
@@ -178,6 +197,27 @@ def markdown(meta, summary, row_order, load_runs, handshakes, idle, commands, co
         first_line = (r["error"] or "").splitlines()[0] if r["error"] else "unknown"
         lines.append(f"- {r['system']} {r['row']} run {r['rep']}: {first_line}")
 
+    dns_runs = [r for r in load_runs if r.get("dns")]
+    if dns_runs:
+        ttl = dns_runs[0]["dns"]["ttl_s"]
+        lines += [
+            "", "## DNS queries (secmx-dns)", "",
+            "Queries secmx sent to the local unbound, as unbound logged them (`log-queries: "
+            f"yes`), per record, for each run. Every record has a TTL of {ttl} s; at most one "
+            "query per record per TTL is allowed: one when the run starts, then one each time "
+            "the cached answer has expired (duration ÷ TTL + 1). Coalescing makes concurrent "
+            "deliveries share one query; the cache answers the rest.", "",
+            "| row | run | duration s | allowed per record | queries per record | within |",
+            "| --- | ---: | ---: | ---: | --- | --- |",
+        ]
+        for r in dns_runs:
+            d = r["dns"]
+            per_record = ", ".join(f"{x['record']} {x['queries']}" for x in d["records"])
+            lines.append(
+                f"| {r['row']} | {r['rep']} | {d['duration_s']:.1f} | {d['allowed_per_record']} "
+                f"| {per_record or 'none'} | {'yes' if d['within_bound'] else 'NO'} |"
+            )
+
     if handshakes:
         lines += [
             "", "## STARTTLS handshakes (ECDSA P-256 certificate)", "",
@@ -187,7 +227,7 @@ def markdown(meta, summary, row_order, load_runs, handshakes, idle, commands, co
             "| failed | client CPU % |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for system in ("secmx", "postfix"):
+        for system in ("secmx-before", "secmx", "postfix"):
             runs = [h for h in handshakes if h["system"] == system and h["ok"]]
             if not runs:
                 continue

@@ -87,6 +87,7 @@ def load_run(ctx, system, row, rep):
         instance.stop()
         sink_sessions, delivered = sink.settle()
         log_tail = instance.log_tail()
+        extras = instance.extras()
         instance = None
     except RuntimeError as e:
         result["error"] = str(e)
@@ -118,6 +119,7 @@ def load_run(ctx, system, row, rep):
         "client_cpu_percent": 100.0 * client["client_cpu_s"] / max(client["accept_s"], 1e-9),
     })
     result["e2e_rate"] = accepted / result["e2e_s"] if result["e2e_s"] else None
+    result.update(extras)
     if pid:
         cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
         result.update({
@@ -137,6 +139,12 @@ def load_run(ctx, system, row, rep):
         problems.append(f"{result['lost']} accepted messages never reached the sink")
     if result["duplicates"]:
         problems.append(f"{result['duplicates']} messages reached the sink twice")
+    if "dns" in result and not result["dns"]["within_bound"]:
+        d = result["dns"]
+        worst = max(d["records"], key=lambda r: r["queries"])
+        problems.append(
+            f"{worst['queries']} DNS queries for {worst['record']} in {d['duration_s']:.1f} s "
+            f"with a TTL of {d['ttl_s']} s (at most {d['allowed_per_record']})")
     if problems:
         result["error"] = "; ".join(problems) + (f"\n{log_tail}" if log_tail else "")
     result["ok"] = not problems

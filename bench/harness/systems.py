@@ -2,6 +2,8 @@
 
 - ceiling: no MTA, the client talks to the sink directly;
 - secmx: durable spool, mail for the benchmark domain relayed by route to the sink;
+- secmx-dns: the same, but the sink is found by SecMX discovery (SRV, MX, A/AAAA) for the
+  benchmark domain, served by a local unbound whose queries are counted;
 - postfix: a private instance (its own config_directory and queue_directory) configured as
   a plain relay to the sink with its default durable queue and no local delivery.
 """
@@ -11,7 +13,7 @@ import shutil
 import subprocess
 import time
 
-from . import procs
+from . import dns, procs
 
 RECIPIENT_DOMAIN = "bench.example"
 SENDER = "bench@source.example"
@@ -22,15 +24,20 @@ class Instance:
     """A started system: the port clients connect to, and the pid whose CPU and memory (with
     its workers') are the system's."""
 
-    def __init__(self, name, port, pid, stop, log=None):
+    def __init__(self, name, port, pid, stop, log=None, extras=None):
         self.name = name
         self.port = port
         self.pid = pid
         self._stop = stop
         self.log = log
+        self._extras = extras
 
     def stop(self):
         self._stop()
+
+    def extras(self):
+        """Figures of the run beyond the common ones, read after `stop`."""
+        return self._extras() if self._extras else {}
 
     def log_tail(self, lines=15):
         if not self.log or not os.path.exists(self.log):
@@ -51,9 +58,28 @@ class Ceiling:
         return "the client sends straight to smtp-sink"
 
 
-def secmx_config(data_dir, port, sink_port, tls_pair, outbound, log_level="warn", workers=0):
+def secmx_config(data_dir, port, sink_port, tls_pair, outbound, log_level="warn", workers=0,
+                 nameserver_port=None):
+    """By route to the sink; with `nameserver_port`, by discovery through that DNS server."""
     cert, key = tls_pair
-    return f"""# secmx under benchmark: durable spool, relay by route to the sink.
+    if nameserver_port is None:
+        how = "relay by route to the sink"
+        dns_section = f"""[dns]
+# Nothing listens here: the route below needs no lookups, and none may leave the machine.
+nameservers = ["127.0.0.1:9"]
+
+[routes."{RECIPIENT_DOMAIN}"]
+next_hop = "127.0.0.1:{sink_port}"
+"""
+        smtp_port = ""
+    else:
+        how = f"the sink found by SecMX discovery for {RECIPIENT_DOMAIN}"
+        dns_section = f"""[dns]
+# A local unbound serving only {RECIPIENT_DOMAIN}: nothing leaves the machine.
+nameservers = ["127.0.0.1:{nameserver_port}"]
+"""
+        smtp_port = f"smtp_port = {sink_port}\n"
+    return f"""# secmx under benchmark: durable spool, {how}.
 hostname = "secmx-bench.example"
 data_dir = "{data_dir}"
 workers = {workers}
@@ -66,15 +92,9 @@ role = "ber"
 certificate = "{cert}"
 private_key = "{key}"
 
-[dns]
-# Nothing listens here: the route below needs no lookups, and none may leave the machine.
-nameservers = ["127.0.0.1:9"]
-
-[routes."{RECIPIENT_DOMAIN}"]
-next_hop = "127.0.0.1:{sink_port}"
-
+{dns_section}
 [outbound]
-max_connections_per_domain = {outbound['max_connections_per_domain']}
+{smtp_port}max_connections_per_domain = {outbound['max_connections_per_domain']}
 max_messages_per_connection = {outbound['max_messages_per_connection']}
 
 [spool]
@@ -90,10 +110,11 @@ class Secmx:
     tls = True
     single_process = True  # one process, so its VmHWM is its peak memory
 
-    def __init__(self, binary, outbound):
+    def __init__(self, binary, outbound, name="secmx"):
         self.binary = binary
         self.outbound = outbound
         self.config_text = None
+        self.name = name
 
     def describe(self):
         return (
@@ -104,10 +125,15 @@ class Secmx:
 
     def start(self, registry, workdir, sink_port, tls_pair):
         os.makedirs(workdir)
+        return self._start_secmx(registry, workdir, sink_port, tls_pair)
+
+    def _start_secmx(self, registry, workdir, sink_port, tls_pair, nameserver_port=None,
+                     also_stop=None, extras=None):
         port = procs.free_port()
         config = os.path.join(workdir, "secmx.toml")
         self.config_text = secmx_config(
-            os.path.join(workdir, "data"), port, sink_port, tls_pair, self.outbound
+            os.path.join(workdir, "data"), port, sink_port, tls_pair, self.outbound,
+            nameserver_port=nameserver_port,
         )
         with open(config, "w") as f:
             f.write(self.config_text)
@@ -116,13 +142,57 @@ class Secmx:
             proc = registry.start(
                 [self.binary, "serve", "--config", config], stdout=out, stderr=out
             )
-        instance = Instance(self.name, port, proc.pid, lambda: registry.stop(proc), log)
+
+        def stop():
+            registry.stop(proc)
+            if also_stop:
+                also_stop()
+
+        instance = Instance(self.name, port, proc.pid, stop, log, extras)
         try:
             procs.wait_port(port, 30, proc=proc)
         except RuntimeError as e:
             instance.stop()
             raise RuntimeError(f"secmx {e}\n{instance.log_tail()}") from None
         return instance
+
+
+class SecmxDns(Secmx):
+    """secmx finding the sink by SecMX discovery: a local unbound serves the benchmark domain
+    (MX to the sink's address, no SecMX SRV) with records of `ttl` seconds and logs every
+    query; each run reports the queries per record against what the TTL allows."""
+
+    def __init__(self, binary, outbound, ttl):
+        super().__init__(binary, outbound, name="secmx-dns")
+        self.ttl = ttl
+        self.unbound_config = None
+
+    def describe(self):
+        return (super().describe() + f"; secmx-dns: discovery through a local unbound, "
+                f"records with a TTL of {self.ttl} s")
+
+    def start(self, registry, workdir, sink_port, tls_pair):
+        os.makedirs(workdir)
+        unbound_dir = os.path.join(workdir, "unbound")
+        os.makedirs(unbound_dir)
+        unbound = dns.Unbound(registry, unbound_dir, RECIPIENT_DOMAIN, self.ttl)
+        self.unbound_config = unbound.config
+        window = {"started": time.monotonic()}
+
+        def stop_unbound():
+            window["stopped"] = time.monotonic()
+            unbound.stop()
+
+        def extras():
+            duration = window.get("stopped", time.monotonic()) - window["started"]
+            return {"dns": dns.query_report(unbound.queries(), self.ttl, duration)}
+
+        try:
+            return self._start_secmx(registry, workdir, sink_port, tls_pair, unbound.port,
+                                     stop_unbound, extras)
+        except RuntimeError:
+            unbound.stop()
+            raise
 
 
 POSTFIX_MASTER_CF = """\

@@ -186,6 +186,12 @@ impl Resolver {
 
     /// A name that cannot be written on the wire cannot exist in the DNS: NXDOMAIN.
     async fn lookup(&self, name: &str, record_type: RecordType) -> DnsOutcome<Records> {
+        // Most questions are answered from the cache: look there before parsing the name.
+        if let Some(key) = QuestionKey::for_plain_name(name, record_type)
+            && let Some(outcome) = self.cached(&key)
+        {
+            return outcome;
+        }
         match Question::new(name, record_type) {
             Ok(question) => self.lookup_question(question, 0).await,
             Err(invalid) => {
@@ -205,13 +211,7 @@ impl Resolver {
     async fn lookup_question(&self, question: Question, restarts: usize) -> DnsOutcome<Records> {
         let key = question.key();
         loop {
-            if let Some(outcome) = self.cache.borrow_mut().get(&key, Instant::now()) {
-                self.count(|s| s.cache_hits += 1);
-                trace!(
-                    qname = %question.name,
-                    qtype = %question.record_type,
-                    "answered from cache"
-                );
+            if let Some(outcome) = self.cached(&key) {
                 return outcome;
             }
 
@@ -230,7 +230,8 @@ impl Resolver {
                 .borrow_mut()
                 .insert(key.clone(), Rc::clone(&flight));
             let leader = Leader::new(&self.in_flight, key.clone(), flight);
-            let interpretation = match self.ask_upstream(&question).await {
+            // Boxed: a lookup answered from the cache need not carry room for an exchange.
+            let interpretation = match Box::pin(self.ask_upstream(&question)).await {
                 Interpretation::Alias { target, ttl } => {
                     self.follow_alias(&question, target, ttl, restarts).await
                 }
@@ -243,6 +244,17 @@ impl Resolver {
             leader.finish(outcome.clone());
             return outcome;
         }
+    }
+
+    fn cached(&self, key: &QuestionKey) -> Option<DnsOutcome<Records>> {
+        let outcome = self.cache.borrow_mut().get(key, Instant::now())?;
+        self.count(|s| s.cache_hits += 1);
+        trace!(
+            qname = %key.name,
+            qtype = %RecordType::from(key.record_type),
+            "answered from cache"
+        );
+        Some(outcome)
     }
 
     /// Asks for the target of a CNAME the server did not follow (RFC 1034 5.3.3). The alias

@@ -626,12 +626,17 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Attem
     Ok(tcp)
 }
 
-/// Runs `work` and gives up after `timeout`, naming `stage`.
+/// Runs `work` and gives up after `timeout`, naming `stage`. The timer is armed only if `work`
+/// does not finish at once (writes, and replies already buffered, usually do).
 async fn timed<T>(
     timeout: Duration,
     stage: &'static str,
     work: impl Future<Output = Result<T, AttemptError>>,
 ) -> Result<T, AttemptError> {
+    let mut work = std::pin::pin!(work);
+    if let Some(done) = futures_lite::future::poll_once(work.as_mut()).await {
+        return done;
+    }
     let expiry = async {
         glommio::timer::sleep(timeout).await;
         Err(AttemptError::Timeout(stage))

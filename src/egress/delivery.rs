@@ -69,7 +69,7 @@ pub async fn attempt(shard: &Rc<Shard>, job: &Job, body: &[u8]) -> Attempt {
         .route(domain)
         .and_then(|r| r.destination.clone())
     {
-        Some(Destination::Maildir(root)) => deliver_to_maildir(job, &root, body).await,
+        Some(Destination::Maildir(root)) => Box::pin(deliver_to_maildir(job, &root, body)).await,
         Some(Destination::NextHop(next_hop)) => {
             let candidates = match next_hop_candidate(shard, &next_hop).await {
                 Ok(candidate) => vec![candidate],
@@ -311,7 +311,16 @@ async fn open(
         Mode::SecureOnly => TlsPolicy::Required,
         Mode::BestEffort => TlsPolicy::Opportunistic,
     };
-    let first = Connection::open(addr, host, policy, &shard.client_tls, settings).await;
+    // Boxed: opening a connection (TLS handshake included) is rare next to sending over one,
+    // and its future is several times the size of the rest of a delivery worker's.
+    let first = Box::pin(Connection::open(
+        addr,
+        host,
+        policy,
+        &shard.client_tls,
+        settings,
+    ))
+    .await;
     let error = match first {
         Ok(connection) => {
             shard.note_connection_opened();
@@ -327,10 +336,11 @@ async fn open(
         }
         (Mode::BestEffort, AttemptError::TlsHandshake(_) | AttemptError::TlsCertificate(_)) => {
             tracing::info!(host, %addr, %error, "TLS failed; retrying in plaintext (best effort)");
-            let connection =
-                Connection::open(addr, host, TlsPolicy::Disabled, &shard.client_tls, settings)
-                    .await
-                    .map_err(|e| Miss::Transient(e.status(), format!("{here}: {e}")))?;
+            let plain =
+                Connection::open(addr, host, TlsPolicy::Disabled, &shard.client_tls, settings);
+            let connection = Box::pin(plain)
+                .await
+                .map_err(|e| Miss::Transient(e.status(), format!("{here}: {e}")))?;
             shard.note_connection_opened();
             Ok(connection)
         }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::{GlommioError, ResourceType};
 
 use crate::config::Config;
 use crate::dns::Resolver;
@@ -53,6 +54,18 @@ pub fn owner_of(domain: &str, cores: usize) -> usize {
         (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x0000_0100_0000_01b3)
     });
     (hash % cores as u64) as usize
+}
+
+/// `host[address]` of the receiver that took part in an attempt, empty without one.
+struct PeerText<'a>(Option<&'a (String, SocketAddr)>);
+
+impl std::fmt::Display for PeerText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((host, addr)) => write!(f, "{host}[{addr}]"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Idle connections are kept per destination domain and receiver address.
@@ -175,11 +188,18 @@ impl Shard {
                 None => by_domain.push((domain, vec![index])),
             }
         }
-        for (domain, recipients) in by_domain {
+        // The last domain's job takes the envelope itself; only further domains need copies.
+        let mut envelope = Some(envelope);
+        let last = by_domain.len().saturating_sub(1);
+        for (n, (domain, recipients)) in by_domain.into_iter().enumerate() {
+            let envelope = match n == last {
+                true => envelope.take().expect("taken for the last domain only"),
+                false => envelope.clone().expect("kept until the last domain"),
+            };
             let job = Job {
                 id,
                 domain,
-                envelope: envelope.clone(),
+                envelope,
                 recipients,
                 body: body.clone(),
                 attempts: 0,
@@ -194,14 +214,21 @@ impl Shard {
             self.enqueue(job);
             return;
         }
+        let job = match self.senders.try_send_to(owner, ShardMessage::Deliver(job)) {
+            Ok(()) => return,
+            Err(GlommioError::WouldBlock(ResourceType::Channel(job))) => job,
+            Err(_) => {
+                tracing::warn!(
+                    core = owner,
+                    "core is gone; the job stays queued until restart"
+                );
+                return;
+            }
+        };
+        // The channel is full: a task waits for room, so that the caller need not.
         let shard = self.clone();
         glommio::spawn_local(async move {
-            if shard
-                .senders
-                .send_to(owner, ShardMessage::Deliver(job))
-                .await
-                .is_err()
-            {
+            if shard.senders.send_to(owner, job).await.is_err() {
                 tracing::warn!(
                     core = owner,
                     "core is gone; the job stays queued until restart"
@@ -257,7 +284,9 @@ impl Shard {
         job.id = self.current_id(job.id);
         let body = match job.body.take() {
             Some(body) => body,
-            None => match spool::read_message(&self.spool_dir, job.id).await {
+            // Boxed, like the other rare steps below: a worker's task is moved into place
+            // whenever a worker starts, so it should hold only what every message needs.
+            None => match Box::pin(spool::read_message(&self.spool_dir, job.id)).await {
                 Ok((_, body)) => Bytes::from(body),
                 Err(e) => {
                     tracing::error!(queue_id = %job.id, error = %e, "cannot read queued message; retrying later");
@@ -270,10 +299,8 @@ impl Shard {
         let started = Instant::now();
         let attempt = delivery::attempt(self, &job, &body).await;
         let tls = attempt.tls.as_str();
-        let peer = attempt
-            .peer
-            .as_ref()
-            .map_or_else(String::new, |(h, a)| format!("{h}[{a}]"));
+        // Written only if an event below is logged.
+        let peer = PeerText(attempt.peer.as_ref());
         let delay = unix_now().saturating_sub(job.envelope.received_at);
 
         let mut finished = Vec::new();
@@ -292,12 +319,12 @@ impl Shard {
             match &fate {
                 Fate::Delivered { host, reply } => {
                     self.stats.delivered.set(self.stats.delivered.get() + 1);
-                    tracing::info!(queue_id = %job.id, recipient, host, peer, tls, reply, delay, "delivered");
+                    tracing::info!(queue_id = %job.id, recipient, host, %peer, tls, reply, delay, "delivered");
                     finished.push(index);
                 }
                 Fate::Deferred { status, reason } => {
                     self.stats.deferred.set(self.stats.deferred.get() + 1);
-                    tracing::warn!(queue_id = %job.id, recipient, peer, tls, %status, reason, delay, attempts = job.attempts + 1, "deferred");
+                    tracing::warn!(queue_id = %job.id, recipient, %peer, tls, %status, reason, delay, attempts = job.attempts + 1, "deferred");
                     deferred.push(index);
                 }
                 Fate::Bounced {
@@ -306,7 +333,7 @@ impl Shard {
                     remote_mta,
                 } => {
                     self.stats.bounced.set(self.stats.bounced.get() + 1);
-                    tracing::warn!(queue_id = %job.id, recipient, peer, tls, %status, reason, delay, "bounced");
+                    tracing::warn!(queue_id = %job.id, recipient, %peer, tls, %status, reason, delay, "bounced");
                     failed.push(FailedRecipient {
                         recipient: recipient.clone(),
                         status: *status,
@@ -320,7 +347,7 @@ impl Shard {
         tracing::debug!(queue_id = %job.id, elapsed_ms = started.elapsed().as_millis() as u64, "attempt finished");
 
         if !failed.is_empty() {
-            if self.bounce(&job, &body, &failed).await {
+            if Box::pin(self.bounce(&job, &body, &failed)).await {
                 finished.extend(bounced);
             } else {
                 // The DSN could not be stored: keep the failed recipients queued rather than
@@ -368,7 +395,17 @@ impl Shard {
     pub async fn complete(self: &Rc<Self>, id: QueueId, recipients: Vec<u32>) {
         let owner = id.core as usize % self.cores;
         if owner != self.index {
-            let message = ShardMessage::Completed { id, recipients };
+            let message = match self
+                .senders
+                .try_send_to(owner, ShardMessage::Completed { id, recipients })
+            {
+                Ok(()) => return,
+                Err(GlommioError::WouldBlock(ResourceType::Channel(message))) => message,
+                Err(_) => {
+                    tracing::warn!(queue_id = %id, "owning core is gone; completion not recorded");
+                    return;
+                }
+            };
             if self.senders.send_to(owner, message).await.is_err() {
                 tracing::warn!(queue_id = %id, "owning core is gone; completion not recorded");
             }

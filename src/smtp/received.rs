@@ -1,7 +1,7 @@
 //! The `Received:` trace header an SMTP server prepends to each message (RFC 5321 section 4.4,
 //! protocol names from RFC 3848) and the RFC 5322 section 3.3 date it ends with.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::date::push_rfc5322_date;
 
@@ -63,12 +63,45 @@ impl Trace<'_> {
 /// `[192.0.2.1]` or `[IPv6:2001:db8::1]` (RFC 5321 section 4.1.3); IPv4-mapped IPv6 addresses
 /// are written as IPv4.
 pub fn address_literal(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("[{v4}]"),
+    let v4 = match ip {
+        IpAddr::V4(v4) => v4,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => format!("[{v4}]"),
-            None => format!("[IPv6:{v6}]"),
+            Some(v4) => v4,
+            None => return format!("[IPv6:{v6}]"),
         },
+    };
+    let mut literal = String::with_capacity(17);
+    literal.push('[');
+    push_ipv4(&mut literal, v4);
+    literal.push(']');
+    literal
+}
+
+/// The address as `IpAddr::to_string` writes it; IPv4 without `fmt`, as every message records
+/// its client's address.
+pub fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut text = String::with_capacity(15);
+            push_ipv4(&mut text, v4);
+            text
+        }
+        IpAddr::V6(v6) => v6.to_string(),
+    }
+}
+
+fn push_ipv4(out: &mut String, ip: Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
     }
 }
 
@@ -105,6 +138,25 @@ mod tests {
             ..trace
         };
         assert!(helo.header().contains("with SMTP;"));
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "192.0.2.9",
+            "10.100.255.99",
+            "2001:db8::1",
+            "::1",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        assert_eq!(
+            address_literal("10.20.0.255".parse().unwrap()),
+            "[10.20.0.255]"
+        );
     }
 
     #[test]

@@ -21,13 +21,17 @@ impl Status {
     }
 
     /// Parses `5.7.1` at the start of `text`; returns the status and the rest after one space.
+    /// Each part is decimal digits only, within the range of its field.
     pub fn parse_prefix(text: &str) -> Option<(Status, &str)> {
-        let (code, rest) = text.split_once(' ').unwrap_or((text, ""));
-        let mut parts = code.split('.');
-        let class: u8 = parts.next()?.parse().ok()?;
-        let subject: u16 = parts.next()?.parse().ok()?;
-        let detail: u16 = parts.next()?.parse().ok()?;
-        if parts.next().is_some() || !matches!(class, 2 | 4 | 5) {
+        let (code, rest) = match memchr::memchr(b' ', text.as_bytes()) {
+            Some(space) => (&text[..space], &text[space + 1..]),
+            None => (text, ""),
+        };
+        let mut parts = code.as_bytes().splitn(3, |&b| b == b'.');
+        let class = u8::try_from(decimal(parts.next()?)?).ok()?;
+        let subject = u16::try_from(decimal(parts.next()?)?).ok()?;
+        let detail = u16::try_from(decimal(parts.next()?)?).ok()?;
+        if !matches!(class, 2 | 4 | 5) {
             return None;
         }
         Some((
@@ -41,9 +45,30 @@ impl Status {
     }
 }
 
+/// The value of 1 to 5 decimal digits.
+fn decimal(digits: &[u8]) -> Option<u32> {
+    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, &d| n * 10 + u32::from(d - b'0')))
+}
+
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+        let mut text = Vec::with_capacity(16);
+        self.write_to(&mut text);
+        f.write_str(std::str::from_utf8(&text).expect("digits and dots"))
+    }
+}
+
+impl Status {
+    /// Appends `class.subject.detail` to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        push_decimal(out, self.class.into());
+        out.push(b'.');
+        push_decimal(out, self.subject.into());
+        out.push(b'.');
+        push_decimal(out, self.detail.into());
     }
 }
 
@@ -100,22 +125,25 @@ impl Reply {
 
     /// Appends the wire form (CRLF line ends, `-` on all but the last line) to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let mut lines = self.text.split('\n').peekable();
-        while let Some(line) = lines.next() {
-            let sep = if lines.peek().is_some() { b'-' } else { b' ' };
-            let line = line.trim_end_matches('\r');
+        let mut rest = self.text.as_bytes();
+        loop {
+            let end = memchr::memchr(b'\n', rest);
+            let mut line = &rest[..end.unwrap_or(rest.len())];
+            while let Some(trimmed) = line.strip_suffix(b"\r") {
+                line = trimmed;
+            }
             push_decimal(out, self.code.into());
-            out.push(sep);
+            out.push(if end.is_some() { b'-' } else { b' ' });
             if let Some(status) = self.status {
-                push_decimal(out, status.class.into());
-                out.push(b'.');
-                push_decimal(out, status.subject.into());
-                out.push(b'.');
-                push_decimal(out, status.detail.into());
+                status.write_to(out);
                 out.push(b' ');
             }
-            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(line);
             out.extend_from_slice(b"\r\n");
+            let Some(end) = end else {
+                return;
+            };
+            rest = &rest[end + 1..];
         }
     }
 }
@@ -139,10 +167,13 @@ fn push_decimal(out: &mut Vec<u8>, n: u32) {
 /// The reply as it would appear on one log line: `550 5.1.1 text` with lines joined by ` / `.
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.code)?;
+        let mut head = Vec::with_capacity(24);
+        push_decimal(&mut head, self.code.into());
         if let Some(status) = self.status {
-            write!(f, " {status}")?;
+            head.push(b' ');
+            status.write_to(&mut head);
         }
+        f.write_str(std::str::from_utf8(&head).expect("digits, dots and a space"))?;
         for (i, line) in self.text.split('\n').enumerate() {
             f.write_str(if i == 0 { " " } else { " / " })?;
             f.write_str(line)?;
@@ -170,6 +201,15 @@ mod tests {
     }
 
     #[test]
+    fn lines_end_in_crlf_whatever_the_text_used() {
+        let mut out = Vec::new();
+        Reply::new(250, None, "a\r\nb\n\nc\r\r").write_to(&mut out);
+        assert_eq!(out, b"250-a\r\n250-b\r\n250-\r\n250 c\r\n");
+        let reply = Reply::new(451, Some(Status::new(4, 3, 0)), "try\nlater");
+        assert_eq!(reply.to_string(), "451 4.3.0 try / later");
+    }
+
+    #[test]
     fn numbers_are_written_in_full() {
         let mut out = Vec::new();
         Reply::new(250, Some(Status::new(2, 10, 0)), "a\nb").write_to(&mut out);
@@ -183,5 +223,20 @@ mod tests {
         assert_eq!((status, rest), (Status::new(4, 7, 0), "try later"));
         assert!(Status::parse_prefix("hello there").is_none());
         assert!(Status::parse_prefix("3.1.1 x").is_none());
+        assert_eq!(
+            Status::parse_prefix("5.1.10"),
+            Some((Status::new(5, 1, 10), ""))
+        );
+        for garbage in [
+            "5.1",
+            "5.1.1.1 x",
+            "5..1 x",
+            "+5.1.1 x",
+            "5.1.x",
+            "5.70000.1",
+            "",
+        ] {
+            assert!(Status::parse_prefix(garbage).is_none(), "{garbage:?}");
+        }
     }
 }

@@ -220,8 +220,14 @@ async fn refuse_busy(mut stream: TcpStream, hostname: &str) {
     let _ = within(FAREWELL_TIMEOUT, stream.close()).await;
 }
 
-/// Runs `future` for at most `duration`; `None` when time ran out.
+/// Runs `future` for at most `duration`; `None` when time ran out. The timer is armed only if
+/// the future does not finish at once, as writes and reads of data already there do: most
+/// socket operations of a session then cost no timer at all.
 async fn within<T>(duration: Duration, future: impl Future<Output = T>) -> Option<T> {
+    let mut future = std::pin::pin!(future);
+    if let Some(done) = futures_lite::future::poll_once(future.as_mut()).await {
+        return Some(done);
+    }
     let expired = async {
         glommio::timer::sleep(duration).await;
         None

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use super::data::{DataDecoder, DataError};
 use super::parser::{Command, ParseError, Path, parameters, parse_command};
 use super::policy::RecipientPolicy;
-use super::received::Trace;
+use super::received::{Trace, ip_text};
 use super::reply::{Reply, Status};
 use super::server::SubmitError;
 use crate::config::{Config, Role};
@@ -197,7 +197,7 @@ impl Session {
             reverse_path: transaction.reverse_path,
             recipients: transaction.recipients,
             received_at: unix_now(),
-            peer: self.peer.to_string(),
+            peer: ip_text(self.peer),
             helo,
             tls: self.tls().to_string(),
         })

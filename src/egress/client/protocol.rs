@@ -89,12 +89,13 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
         .map(|(status, _)| status)
         .filter(|status| u16::from(status.class) == code / 100);
     if let Some(status) = status {
-        let prefix = status.to_string();
+        let mut prefix = Vec::with_capacity(16);
+        status.write_to(&mut prefix);
         for line in &mut lines {
-            if let Some(rest) = line.strip_prefix(&prefix)
-                && (rest.is_empty() || rest.starts_with(' '))
+            if let Some(rest) = line.as_bytes().strip_prefix(prefix.as_slice())
+                && (rest.is_empty() || rest[0] == b' ')
             {
-                let space = usize::from(rest.starts_with(' '));
+                let space = usize::from(!rest.is_empty());
                 line.drain(..prefix.len() + space);
             }
         }
