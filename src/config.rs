@@ -209,9 +209,6 @@ pub struct Spool {
     pub segment_size: u64,
     /// Longest time a message waits for the next group commit.
     pub commit_delay: Duration,
-    /// Longest time a completion record nobody waits for is held back so that it can share
-    /// the flush of the next message instead of taking a flush of its own.
-    pub completion_delay: Duration,
 }
 
 /// The whole validated configuration.
@@ -482,7 +479,6 @@ mod raw {
         sync: Option<bool>,
         segment_size: Option<toml::Value>,
         commit_delay: Option<String>,
-        completion_delay: Option<String>,
     }
 
     #[derive(Deserialize, Default)]
@@ -856,11 +852,6 @@ mod raw {
                     "spool.commit_delay",
                     self.spool.commit_delay.as_deref(),
                     "0ms",
-                )?,
-                completion_delay: c.duration(
-                    "spool.completion_delay",
-                    self.spool.completion_delay.as_deref(),
-                    "50ms",
                 )?,
             };
 

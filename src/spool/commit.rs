@@ -2,10 +2,7 @@
 //! the active segment with one `write` and one `fdatasync`, then answers every waiter of it.
 //!
 //! Under load each flush covers everything that arrived during the previous one; at low load a
-//! record waits only for its own flush. A batch of completion records that nobody waits for is
-//! held back for up to `spool.completion_delay`, so that it rides along with the next message
-//! instead of costing a flush of its own (which a message arriving meanwhile would have to wait
-//! out). After a failed write or sync the segment is cut back to its last good record, so a
+//! record waits only for its own flush. After a failed write or sync the segment is cut back to its last good record, so a
 //! full disk never leaves a half record in front of later good ones.
 //!
 //! Completion records are what frees space, so a full disk must not keep them out: one it
@@ -21,7 +18,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
 
 use glommio::GlommioError;
 use glommio::io::{BufferedFile, Directory};
@@ -156,8 +152,6 @@ struct Batch {
     buf: Vec<u8>,
     entries: Vec<Entry>,
     outcome: Rc<Outcome>,
-    /// Holds a message or a completion someone waits for: flushed without delay.
-    urgent: bool,
 }
 
 thread_local! {
@@ -290,21 +284,14 @@ impl Shared {
                 recipients,
                 head,
             });
-            batch.urgent = true;
             self.ticket(batch, at)
         };
         self.wake_writer();
         Ok(ticket)
     }
 
-    /// Adds a completion record for the live message `id` to the batch. An `urgent` one is
-    /// flushed at once; otherwise it may wait for a message to share the flush with.
-    pub(crate) fn enqueue_completion(
-        &self,
-        id: QueueId,
-        recipients: &[u32],
-        urgent: bool,
-    ) -> Ticket {
+    /// Adds a completion record for the live message `id` to the batch.
+    pub(crate) fn enqueue_completion(&self, id: QueueId, recipients: &[u32]) -> Ticket {
         let ticket = {
             let mut batches = self.batches.borrow_mut();
             let batch = open_batch(&mut batches, self.last_batch.get());
@@ -315,7 +302,6 @@ impl Shared {
                 id,
                 recipients: recipients.to_vec(),
             });
-            batch.urgent |= urgent;
             self.ticket(batch, at)
         };
         self.ledger.borrow_mut().completion_queued(id);
@@ -355,30 +341,6 @@ impl Shared {
             .borrow()
             .front()
             .is_some_and(|b| !b.entries.is_empty())
-    }
-
-    fn front_is_urgent(&self) -> bool {
-        self.batches.borrow().front().is_some_and(|b| b.urgent)
-    }
-
-    /// Holds back a batch of completions nobody waits for until something urgent joins it, the
-    /// log is closed, or `delay` has passed.
-    async fn hold_back_completions(&self, delay: Duration) {
-        if delay.is_zero() || self.front_is_urgent() {
-            return;
-        }
-        let urgent = poll_fn(|cx| {
-            if self.closed.get() || self.front_is_urgent() {
-                Poll::Ready(())
-            } else {
-                self.writer.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        });
-        let expired = async {
-            glommio::timer::sleep(delay).await;
-        };
-        futures_lite::future::or(urgent, expired).await;
     }
 
     /// Resolves to true when a batch waits, to false when closed with nothing left to write.
@@ -585,7 +547,7 @@ impl Shared {
         let unrecorded = std::mem::take(&mut *self.unrecorded.borrow_mut());
         for (id, recipients) in unrecorded {
             if self.ledger.borrow().has_segment(id.segment) {
-                drop(self.enqueue_completion(id, &recipients, false));
+                drop(self.enqueue_completion(id, &recipients));
             }
         }
     }
@@ -674,9 +636,6 @@ fn open_batch(batches: &mut VecDeque<Batch>, capacity_hint: usize) -> &mut Batch
 /// The writer task of one core's log: flushes batches until the spool is closed and drained.
 pub(crate) async fn run_writer(shared: Rc<Shared>) {
     while shared.work_ready().await {
-        shared
-            .hold_back_completions(shared.options.completion_delay)
-            .await;
         let delay = shared.options.commit_delay;
         if !delay.is_zero() && !shared.closed.get() {
             glommio::timer::sleep(delay).await;

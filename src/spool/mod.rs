@@ -5,9 +5,7 @@
 //! `<dir>/core-NN/`, a sequence of segment files. [`Spool::append`] writes a message record
 //! (envelope and body) into the current batch; the core's writer task flushes a batch with one
 //! write and one `fdatasync`, so one sync covers every message that arrived while the previous
-//! one ran. [`Spool::complete`] appends small completion records the same way;
-//! [`Spool::complete_soon`] does without waiting, and its record may wait (up to
-//! `spool.completion_delay`) to share the flush of the next message.
+//! one ran. [`Spool::complete`] appends small completion records the same way.
 //!
 //! A [`QueueId`] is the record's place in the log: core, segment and byte offset. Ids are stable
 //! except when reclamation copies a message forward: the oldest segment can only be deleted once
@@ -222,18 +220,10 @@ impl Spool {
     /// space comes back), and the record is written later, once there is room. Only a restart
     /// before that can deliver those recipients again.
     pub async fn complete(&self, id: QueueId, recipients: &[u32]) -> Result<(), SpoolError> {
-        match self.enqueue_completion(id, recipients, true)? {
+        match self.enqueue_completion(id, recipients)? {
             Some(ticket) => ticket.durable().await.map(|_| ()),
             None => Ok(()),
         }
-    }
-
-    /// Records finished recipients like [`Spool::complete`] but returns at once: the record is
-    /// written with the next flush that carries a message, or after `spool.completion_delay`.
-    /// Until it is on disk, a crash means these recipients get the message again. A failed
-    /// flush is logged by the writer.
-    pub fn complete_soon(&self, id: QueueId, recipients: &[u32]) -> Result<(), SpoolError> {
-        self.enqueue_completion(id, recipients, false).map(|_| ())
     }
 
     /// Checks a completion and queues its record; `None` when there is nothing to write.
@@ -241,7 +231,6 @@ impl Spool {
         &self,
         id: QueueId,
         recipients: &[u32],
-        urgent: bool,
     ) -> Result<Option<Ticket>, SpoolError> {
         if id.core != self.shared.core {
             return Err(invalid_input(format!(
@@ -268,7 +257,7 @@ impl Spool {
             target
         };
 
-        let ticket = self.shared.enqueue_completion(target, recipients, urgent);
+        let ticket = self.shared.enqueue_completion(target, recipients);
         Ok(Some(ticket))
     }
 

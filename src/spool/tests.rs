@@ -52,7 +52,6 @@ fn options(segment_size: u64) -> config::Spool {
         sync: true,
         segment_size,
         commit_delay: Duration::ZERO,
-        completion_delay: Duration::from_millis(50),
     }
 }
 
@@ -231,73 +230,6 @@ fn commit_delay_gathers_appends_that_arrive_while_it_waits() {
                 "delay {delay:?}: {stats:?}"
             );
         }
-    });
-}
-
-#[test]
-fn completions_nobody_waits_for_ride_along_with_the_next_message() {
-    let tmp = TempDir::new("ride-along");
-    let dir = tmp.path().to_path_buf();
-    run(move || async move {
-        let mut opts = options(64 << 20);
-        opts.completion_delay = Duration::from_secs(30);
-        let (spool, _) = Spool::open(&dir, 0, &opts).await.unwrap();
-        let a = spool.append(&envelope(0, 2), &body(0, 100)).await.unwrap();
-        let before = spool.stats();
-
-        spool.complete_soon(a, &[0, 1]).unwrap();
-        glommio::timer::sleep(Duration::from_millis(200)).await;
-        assert_eq!(spool.stats().flushes, before.flushes, "held back");
-        assert_eq!(spool.pending_messages(), 1);
-
-        spool.append(&envelope(1, 1), &body(1, 100)).await.unwrap();
-        let after = spool.stats();
-        assert_eq!(
-            after.flushes,
-            before.flushes + 1,
-            "one flush for both records"
-        );
-        assert_eq!(after.completions, 1);
-        assert_eq!(spool.pending_messages(), 1);
-        drop(spool);
-
-        let (_, recovered) = Spool::open(&dir, 0, &opts).await.unwrap();
-        assert_eq!(recovered.len(), 1);
-        assert_ne!(recovered[0].id, a);
-    });
-}
-
-#[test]
-fn held_back_completions_are_flushed_after_the_delay_or_on_close() {
-    let tmp = TempDir::new("held-back");
-    let dir = tmp.path().to_path_buf();
-    run(move || async move {
-        let mut opts = options(64 << 20);
-        opts.completion_delay = Duration::from_millis(50);
-        let (spool, _) = Spool::open(&dir, 0, &opts).await.unwrap();
-        let a = spool.append(&envelope(0, 1), &body(0, 100)).await.unwrap();
-        let b = spool.append(&envelope(1, 1), &body(1, 100)).await.unwrap();
-
-        spool.complete_soon(a, &[0]).unwrap();
-        glommio::timer::sleep(Duration::from_millis(500)).await;
-        assert_eq!(
-            spool.stats().completions,
-            1,
-            "flushed once the delay passed"
-        );
-
-        opts.completion_delay = Duration::from_secs(30);
-        drop(spool);
-        let (spool, _) = Spool::open(&dir, 0, &opts).await.unwrap();
-        spool.complete_soon(b, &[0]).unwrap();
-        drop(spool);
-
-        let (spool, recovered) = Spool::open(&dir, 0, &opts).await.unwrap();
-        assert!(
-            recovered.is_empty(),
-            "written when the spool closed: {recovered:?}"
-        );
-        assert_eq!(spool.pending_messages(), 0);
     });
 }
 
