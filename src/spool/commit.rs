@@ -1,5 +1,5 @@
 //! Group commit: records collect in a batch while one writer task writes the previous batch to
-//! the active segment with one `write` and one `fdatasync`, then answers every waiter of it.
+//! the active segment with one synchronous `write` (`O_DSYNC`), then answers every waiter of it.
 //!
 //! Under load each flush covers everything that arrived during the previous one; at low load a
 //! record waits only for its own flush. After a failed write or sync the segment is cut back to its last good record, so a
@@ -219,7 +219,7 @@ impl Shared {
             && end < options.segment_size
         {
             let path = segment::segment_path(&dir, core, segment);
-            let file = segment::open_for_append(&path).await?;
+            let file = segment::open_for_append(&path, options.sync).await?;
             active = Some(Active {
                 segment,
                 file: Rc::new(file),
@@ -410,14 +410,14 @@ impl Shared {
     /// Creates segment `segment` with its header, durable together with its directory entry.
     async fn create_segment(&self, segment: u32) -> Result<BufferedFile, Failure> {
         let path = segment::segment_path(&self.dir, self.core, segment);
-        let file = segment::create(&path).await.map_err(classify)?;
+        let file = segment::create(&path, self.options.sync)
+            .await
+            .map_err(classify)?;
         let header = record::segment_header(self.core, segment).to_vec();
         let mut written = self.write_all(&file, header, 0).await;
         if written.is_ok() && self.options.sync {
-            written = match file.fdatasync().await {
-                Ok(()) => self.directory.sync().await.map_err(classify),
-                Err(e) => Err(classify(e)),
-            };
+            // The header is durable (O_DSYNC); the file's name is once the directory is.
+            written = self.directory.sync().await.map_err(classify);
         }
         if let Err(failure) = written {
             let _ = file.close().await;
@@ -433,9 +433,9 @@ impl Shared {
         buf: Vec<u8>,
         base: u64,
     ) -> Result<(), Failure> {
+        // With `sync` the segment is open O_DSYNC: the write returns once durable.
         self.write_all(file, buf, base).await?;
         if self.options.sync {
-            file.fdatasync().await.map_err(classify)?;
             self.count(|s| s.syncs += 1);
         }
         Ok(())

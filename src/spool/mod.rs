@@ -4,8 +4,9 @@
 //! for delivery) only after its record is on stable storage. Each core owns one log in
 //! `<dir>/core-NN/`, a sequence of segment files. [`Spool::append`] writes a message record
 //! (envelope and body) into the current batch; the core's writer task flushes a batch with one
-//! write and one `fdatasync`, so one sync covers every message that arrived while the previous
-//! one ran. [`Spool::complete`] appends small completion records the same way.
+//! synchronous write (the segment is open `O_DSYNC`: the write returns once the data is on
+//! stable storage, as `fdatasync` would), so one sync covers every message that arrived while
+//! the previous one ran. [`Spool::complete`] appends small completion records the same way.
 //!
 //! A [`QueueId`] is the record's place in the log: core, segment and byte offset. Ids are stable
 //! except when reclamation copies a message forward: the oldest segment can only be deleted once
@@ -22,7 +23,7 @@
 //! damaged record; the rest of that segment is set aside under `<dir>/damaged/` and replay goes
 //! on with the next segment.
 //!
-//! Segments are written through the page cache (`BufferedFile`, `write_at` then `fdatasync`):
+//! Segments are written through the page cache (`BufferedFile`, `write_at` on an `O_DSYNC` file):
 //! records are not block-aligned, and direct I/O would have to rewrite the partly filled last
 //! block on every flush and pad the file with zeros. The copy into the page cache costs little
 //! next to the sync that a group commit already shares among many messages.
@@ -123,7 +124,7 @@ pub struct SpoolStats {
     pub completions: u64,
     /// Batches written successfully.
     pub flushes: u64,
-    /// `fdatasync` calls for batches (zero with `sync = false`).
+    /// Synchronous batch writes (zero with `sync = false`).
     pub syncs: u64,
     /// Bytes of records written.
     pub bytes: u64,
@@ -178,7 +179,7 @@ impl Spool {
         )
         .await?;
         let shared = Rc::new(shared);
-        glommio::spawn_local(commit::run_writer(shared.clone())).detach();
+        spawn_writer(commit::run_writer(shared.clone()));
         shared.delete_drained(true).await;
 
         info!(
@@ -194,7 +195,7 @@ impl Spool {
         Ok((Rc::new(spool), recovered))
     }
 
-    /// Durable (group-committed) append of a new message; resolves after `fdatasync`.
+    /// Durable (group-committed) append of a new message; resolves once the record is on stable storage.
     pub async fn append(&self, envelope: &Envelope, body: &[u8]) -> Result<QueueId, SpoolError> {
         let recipients = u32::try_from(envelope.recipients.len()).map_err(|_| {
             SpoolError::Io(io::Error::new(
@@ -397,4 +398,28 @@ pub async fn read_message(dir: &Path, id: QueueId) -> io::Result<(Envelope, Vec<
         )
     })?;
     Ok((message.envelope, message.body.to_vec()))
+}
+
+thread_local! {
+    /// This executor's task queue for spool writers, created on first use.
+    static WRITER_QUEUE: std::cell::OnceCell<glommio::TaskQueueHandle> = const { std::cell::OnceCell::new() };
+}
+
+/// Runs a log's writer in a latency-sensitive task queue: its writes and syncs go to glommio's
+/// latency ring, whose completions cut short the time slice of the sessions, so that a flush
+/// that finished wakes its waiters without waiting for busy sessions to yield.
+fn spawn_writer(writer: impl std::future::Future<Output = ()> + 'static) {
+    let queue = WRITER_QUEUE.with(|q| {
+        *q.get_or_init(|| {
+            glommio::executor().create_task_queue(
+                glommio::Shares::default(),
+                glommio::Latency::Matters(std::time::Duration::from_millis(1)),
+                "spool-writer",
+            )
+        })
+    });
+    match glommio::spawn_local_into(writer, queue) {
+        Ok(task) => task.detach(),
+        Err(e) => unreachable!("the writer queue was made by this executor: {e}"),
+    };
 }

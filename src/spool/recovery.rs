@@ -41,7 +41,7 @@ pub(crate) async fn replay(dir: &Path, core: u16, sync: bool) -> io::Result<Repl
     let mut replayed = Replayed::default();
     for segment in segment::list_segments(&segment::core_dir(dir, core))? {
         let path = segment::segment_path(dir, core, segment);
-        let file = segment::open_for_append(&path)
+        let file = segment::open_for_append(&path, false)
             .await
             .map_err(|e| segment::with_path(e, &path))?;
         let outcome = replay_segment(dir, core, segment, &file, sync, &mut replayed).await;

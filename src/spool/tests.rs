@@ -216,8 +216,9 @@ fn commit_delay_gathers_appends_that_arrive_while_it_waits() {
                 tasks.push(glommio::spawn_local(async move {
                     spool.append(&envelope(n, 1), &body(n, 100)).await.unwrap()
                 }));
-                // Let the writer run: without a delay it starts flushing the first append alone.
-                futures_lite::future::yield_now().await;
+                // Let the writer run (it has a task queue of its own, so a yield is not enough):
+                // without a delay it starts flushing the first append alone.
+                glommio::timer::sleep(Duration::from_millis(1)).await;
             }
             for task in tasks {
                 task.await;
