@@ -387,10 +387,10 @@ mod raw {
         spool: RawSpool,
         #[serde(default)]
         log: RawLog,
-        /// Read by the appliance's init, not by the daemon.
+        /// Used by the appliance's boot, not by the daemon; checked here all the same, so that
+        /// `check-config` and secmx's start name a misspelt or malformed key.
         #[serde(default)]
-        #[allow(dead_code)]
-        appliance: Option<toml::Table>,
+        appliance: Option<RawAppliance>,
     }
 
     #[derive(Deserialize)]
@@ -486,6 +486,94 @@ mod raw {
     struct RawLog {
         format: Option<String>,
         level: Option<String>,
+    }
+
+    /// The `[appliance]` table (docs/appliance.md).
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct RawAppliance {
+        dhcp: Option<bool>,
+        address: Option<OneOrMany>,
+        gateway: Option<OneOrMany>,
+        dns: Option<OneOrMany>,
+        hostname: Option<String>,
+        ntp: Option<OneOrMany>,
+        interface: Option<String>,
+    }
+
+    /// A string or a list of strings.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    impl OneOrMany {
+        fn items(&self) -> &[String] {
+            match self {
+                OneOrMany::One(one) => std::slice::from_ref(one),
+                OneOrMany::Many(many) => many,
+            }
+        }
+    }
+
+    /// The strings of an optional string-or-list key; none when it is absent.
+    fn items(value: &Option<OneOrMany>) -> &[String] {
+        value.as_ref().map_or(&[], OneOrMany::items)
+    }
+
+    impl RawAppliance {
+        /// Checks every key the way the appliance's boot will use it.
+        fn check(&self, c: &Checker) -> Result<(), ConfigError> {
+            for address in items(&self.address) {
+                let with_prefix = address.contains('/') && parse_network(address).is_some();
+                if !with_prefix {
+                    return Err(c.error(
+                        "appliance.address",
+                        format!("`{address}` is not an address with a prefix length (e.g. \"192.0.2.10/24\")"),
+                    ));
+                }
+            }
+            if self.dhcp == Some(true) && self.address.is_some() {
+                return Err(c.error(
+                    "appliance.dhcp",
+                    "`true` together with appliance.address: set one of them",
+                ));
+            }
+            for (key, value) in [
+                ("appliance.gateway", &self.gateway),
+                ("appliance.dns", &self.dns),
+            ] {
+                for ip in items(value) {
+                    if ip.parse::<IpAddr>().is_err() {
+                        return Err(c.error(key, format!("`{ip}` is not an IP address")));
+                    }
+                }
+            }
+            for server in items(&self.ntp) {
+                if server.parse::<IpAddr>().is_err() {
+                    c.domain("appliance.ntp", server)?;
+                }
+            }
+            if let Some(name) = &self.hostname {
+                c.domain("appliance.hostname", name)?;
+            }
+            if let Some(name) = &self.interface {
+                let valid = !name.is_empty()
+                    && name.len() < 16
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+                if !valid {
+                    return Err(c.error(
+                        "appliance.interface",
+                        format!("`{name}` is not a network interface name (e.g. \"eth0\")"),
+                    ));
+                }
+            }
+            Ok(())
+        }
     }
 
     /// Builds errors that name the file and the key.
@@ -855,6 +943,10 @@ mod raw {
                 )?,
             };
 
+            if let Some(appliance) = &self.appliance {
+                appliance.check(&c)?;
+            }
+
             let log = Log {
                 format: match self.log.format.as_deref() {
                     None | Some("text") => LogFormat::Text,
@@ -928,6 +1020,37 @@ mod tests {
         let err = parse(&format!("{MINIMAL}[outbound]\nmod = \"secure-only\"\n")).unwrap_err();
         assert!(err.to_string().contains("mod"), "{err}");
         assert!(err.to_string().starts_with("test.toml"), "{err}");
+    }
+
+    #[test]
+    fn appliance_table_as_documented_is_accepted() {
+        let static_network = "[appliance]\naddress = [\"192.0.2.10/24\", \"2001:db8::10/64\"]\n\
+                              gateway = \"192.0.2.1\"\ndns = [\"192.0.2.53\", \"192.0.2.54\"]\n\
+                              ntp = \"ntp.example.govt.nz\"\nhostname = \"gw.example.govt.nz\"\n\
+                              interface = \"eth1\"\n";
+        parse(&format!("{MINIMAL}{static_network}")).unwrap();
+        parse(&format!("{MINIMAL}[appliance]\ndhcp = true\ndns = []\n")).unwrap();
+    }
+
+    #[test]
+    fn appliance_mistakes_name_the_key() {
+        let err = parse(&format!("{MINIMAL}[appliance]\nhostnme = \"gw\"\n")).unwrap_err();
+        assert!(err.to_string().contains("hostnme"), "{err}");
+        for (table, key) in [
+            ("address = \"192.0.2.10\"", "appliance.address"),
+            ("address = \"not-an-ip/24\"", "appliance.address"),
+            ("dhcp = true\naddress = \"192.0.2.10/24\"", "appliance.dhcp"),
+            ("gateway = \"192.0.2\"", "appliance.gateway"),
+            ("dns = [\"resolver.example\"]", "appliance.dns"),
+            ("ntp = [\"ntp example\"]", "appliance.ntp"),
+            ("hostname = \"gw;reboot\"", "appliance.hostname"),
+            ("interface = \"eth0 up\"", "appliance.interface"),
+        ] {
+            let err = parse(&format!("{MINIMAL}[appliance]\n{table}\n")).unwrap_err();
+            assert_eq!(err.key, key, "{table}: {err}");
+        }
+        let err = parse(&format!("{MINIMAL}[appliance]\ndhcp = \"yes\"\n")).unwrap_err();
+        assert!(err.to_string().contains("boolean"), "{err}");
     }
 
     #[test]

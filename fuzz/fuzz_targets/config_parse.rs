@@ -16,9 +16,9 @@ use secmx::config::{Config, ConfigError, Destination};
 const SOURCE: &str = "/etc/secmx/fuzz.toml";
 
 /// Top-level keys and tables; an error's key starts with one of them.
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "hostname", "data_dir", "workers", "listener", "tls", "dns", "relay", "routes", "outbound",
-    "smtp", "spool", "log",
+    "smtp", "spool", "log", "appliance",
 ];
 
 fuzz_target!(|data: &[u8]| {
