@@ -531,7 +531,7 @@ mod raw {
                 if !with_prefix {
                     return Err(c.error(
                         "appliance.address",
-                        format!("`{address}` is not an address with a prefix length (e.g. \"192.0.2.10/24\")"),
+                        format!("`{address}` is not an address/prefix such as \"192.0.2.10/24\""),
                     ));
                 }
             }

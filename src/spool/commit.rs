@@ -2,8 +2,8 @@
 //! the active segment with one synchronous `write` (`O_DSYNC`), then answers every waiter of it.
 //!
 //! Under load each flush covers everything that arrived during the previous one; at low load a
-//! record waits only for its own flush. After a failed write or sync the segment is cut back to its last good record, so a
-//! full disk never leaves a half record in front of later good ones.
+//! record waits only for its own flush. After a failed write the segment is cut back to its last
+//! good record, so a full disk never leaves a half record in front of later good ones.
 //!
 //! Completion records are what frees space, so a full disk must not keep them out: one it
 //! refused still counts in the ledger (its message stops pinning its segment, and a segment

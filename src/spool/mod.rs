@@ -40,11 +40,14 @@ mod tests;
 
 use std::cell::Cell;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::rc::Rc;
+use std::time::Duration;
 
 use glommio::io::BufferedFile;
+use glommio::{Latency, Shares, TaskQueueHandle};
 use tracing::{debug, info, warn};
 
 use self::codec::MessageHead;
@@ -195,7 +198,8 @@ impl Spool {
         Ok((Rc::new(spool), recovered))
     }
 
-    /// Durable (group-committed) append of a new message; resolves once the record is on stable storage.
+    /// Durable (group-committed) append of a new message; resolves once the record is on stable
+    /// storage.
     pub async fn append(&self, envelope: &Envelope, body: &[u8]) -> Result<QueueId, SpoolError> {
         let recipients = u32::try_from(envelope.recipients.len()).map_err(|_| {
             SpoolError::Io(io::Error::new(
@@ -401,25 +405,28 @@ pub async fn read_message(dir: &Path, id: QueueId) -> io::Result<(Envelope, Vec<
 }
 
 thread_local! {
-    /// This executor's task queue for spool writers, created on first use.
-    static WRITER_QUEUE: std::cell::OnceCell<glommio::TaskQueueHandle> = const { std::cell::OnceCell::new() };
+    /// The executor of this thread and its task queue for spool writers, made on first use.
+    static WRITER_QUEUE: Cell<Option<(usize, TaskQueueHandle)>> = const { Cell::new(None) };
 }
 
-/// Runs a log's writer in a latency-sensitive task queue: its writes and syncs go to glommio's
-/// latency ring, whose completions cut short the time slice of the sessions, so that a flush
-/// that finished wakes its waiters without waiting for busy sessions to yield.
-fn spawn_writer(writer: impl std::future::Future<Output = ()> + 'static) {
-    let queue = WRITER_QUEUE.with(|q| {
-        *q.get_or_init(|| {
-            glommio::executor().create_task_queue(
-                glommio::Shares::default(),
-                glommio::Latency::Matters(std::time::Duration::from_millis(1)),
+/// Runs a log's writer in a latency-sensitive task queue: its writes go to glommio's latency
+/// ring, whose completions cut short the time slice of the sessions, so that a flush that
+/// finished wakes its waiters without waiting for busy sessions to yield.
+fn spawn_writer(writer: impl Future<Output = ()> + 'static) {
+    let executor = glommio::executor();
+    let queue = match WRITER_QUEUE.get() {
+        Some((id, queue)) if id == executor.id() => queue,
+        _ => {
+            let queue = executor.create_task_queue(
+                Shares::default(),
+                Latency::Matters(Duration::from_millis(1)),
                 "spool-writer",
-            )
-        })
-    });
-    match glommio::spawn_local_into(writer, queue) {
-        Ok(task) => task.detach(),
-        Err(e) => unreachable!("the writer queue was made by this executor: {e}"),
+            );
+            WRITER_QUEUE.set(Some((executor.id(), queue)));
+            queue
+        }
     };
+    glommio::spawn_local_into(writer, queue)
+        .expect("the writer queue belongs to this executor")
+        .detach();
 }
