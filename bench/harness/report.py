@@ -118,7 +118,8 @@ def markdown(meta, summary, row_order, load_runs, handshakes, idle, commands, co
         f"{m.get('memory_mib', '?')} MiB memory, {m.get('os', 'unknown OS')}",
         f"- kernel: {m['kernel']}",
         f"- spool filesystem: {meta['filesystem']} ({meta['workdir']})",
-        f"- durability: secmx `spool.sync = true` (fdatasync before 250, group commit); Postfix "
+        "- durability: secmx `spool.sync = true` (group commit: records on stable storage "
+        f"before the 250); Postfix "
         f"{meta['postfix_version']} default queue (fsync before 250)",
         f"- secmx: commit {meta['commit']}; {meta['secmx']}",
     ]
